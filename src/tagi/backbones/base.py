@@ -1,0 +1,226 @@
+"""The backbone interface shared by encoder-decoder (T5) and decoder-only (Llama-family) models.
+
+A backbone wraps a frozen Hugging Face model and its tokenizer and knows:
+
+- its **target modules** (:class:`Target`: full path, kind, layer, in/out features) — grouped-query
+  attention makes ``v_proj`` narrower than ``q_proj``, so shapes are per module;
+- how to **encode an instruction** once with the frozen base (``encode_instruction``: token states and
+  padding mask, read by the hypernetwork; no adapter is ever active there);
+- how to turn :class:`Example` s into a :class:`ModelBatch` (``collate``) under one of three prompt modes:
+
+  ``concat``  instruction and input in one prompt (in-context baselines, teachers, multi-task LoRA);
+  ``fuse``    TAGI's instruction fusion: T5 encodes the instruction separately and the decoder attends
+              over ``[instruction ; input]`` (FiD); decoder-only models put the instruction in a prompt
+              prefix (identical tokens to ``concat``; at generation its key/value cache is computed once
+              per task with the adapter active and reused for every instance);
+  ``none``    the input alone (the "without fusion" ablation; the adapter must carry the task).
+
+- ``forward(batch, adapter)``: logits at the label positions only, flat ``[M, V]``, with the labels
+  ``[M]`` and the example index of each token ``[M]`` — the loss functions never see padding;
+- ``generate(...)``: greedy (or sampled) decoding.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+import torch
+from torch import nn
+
+from tagi.config import ModelConfig
+from tagi.lora import LoraWeights
+
+PromptMode = Literal["concat", "fuse", "none"]
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Target:
+    """One linear layer that receives a LoRA."""
+
+    name: str  # full module path, e.g. "model.layers.3.self_attn.v_proj"
+    kind: str  # role shared by all layers, e.g. "v_proj" or "dec_cross_q" (no dots)
+    layer: int
+    in_features: int
+    out_features: int
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training / evaluation example in text form.
+
+    ``instruction`` is the task text (Definition + k positive examples, Tk-Instruct format), ``source``
+    the per-instance part ("Now complete the following example - Input: ... Output: "), ``target`` the
+    reference output ("" at inference).
+    """
+
+    instruction: str
+    source: str
+    target: str = ""
+
+
+@dataclass
+class ModelBatch:
+    """Token tensors for one batch (all ``long``; masks 0/1).
+
+    Decoder-only: ``input_ids/attention_mask [N, T]`` hold prompt + target (right-padded), ``labels [N, T]``
+    is the target at its positions and ``-100`` elsewhere (unshifted). T5: ``input_ids [N, S]`` is the
+    encoder input, ``labels [N, L]`` the decoder targets, ``fuse_ids/fuse_mask [N, Ti]`` the instruction
+    encoded separately for FiD fusion (``None`` unless mode ``fuse``).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    fuse_ids: torch.Tensor | None = None
+    fuse_mask: torch.Tensor | None = None
+    meta: dict = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> ModelBatch:
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k, v in kw.items():
+            if isinstance(v, torch.Tensor):
+                kw[k] = v.to(device)
+        return ModelBatch(**kw)
+
+    @property
+    def num_label_tokens(self) -> int:
+        return int((self.labels != IGNORE).sum())
+
+
+def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists: ``(ids [N, T], mask [N, T])``."""
+    width = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists: ``(ids [N, T], mask [N, T])``."""
+    width = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, : len(s)] = 1
+    return ids, mask
+
+
+class Backbone(ABC):
+    """A frozen base model behind one interface (see the module docstring)."""
+
+    family: str = ""
+
+    def __init__(self, model: nn.Module, tokenizer, cfg: ModelConfig, source: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.source = source  # what was loaded: hub id, folder, gguf path or builtin name
+        model.requires_grad_(False)
+        model.eval()
+        self.targets: tuple[Target, ...] = tuple(
+            self._find_targets(cfg.target_modules or self.default_kinds())
+        )
+        if not self.targets:
+            raise ValueError(f"no target modules found for {cfg.target_modules}")
+
+    # ---- structure
+    @abstractmethod
+    def default_kinds(self) -> list[str]:
+        """Target kinds used when the config names none."""
+
+    @abstractmethod
+    def _find_targets(self, kinds: list[str]) -> list[Target]:
+        """Enumerate target modules for the requested kinds (raise ValueError for an unknown kind)."""
+
+    @property
+    @abstractmethod
+    def hidden_size(self) -> int:
+        """Width of the instruction states read by the hypernetwork."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def max_instruction_tokens(self) -> int:
+        return self.cfg.max_instruction_tokens
+
+    # ---- text -> tensors
+    @abstractmethod
+    def instruction_ids(self, instruction: str) -> list[int]:
+        """Tokens of an instruction as read by the hypernetwork (truncated to the limit, never empty)."""
+
+    def collate_instructions(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ids [N, T], mask [N, T])`` of instructions for :meth:`encode_instruction`."""
+        return pad_right([self.instruction_ids(t) for t in instructions], self.pad_id)
+
+    @property
+    def pad_id(self) -> int:
+        pid = self.tokenizer.pad_token_id
+        return int(pid if pid is not None else self.tokenizer.eos_token_id)
+
+    @abstractmethod
+    def collate(self, examples: Sequence[Example], mode: PromptMode, add_eos: bool = True) -> ModelBatch:
+        """Tokenise examples into a :class:`ModelBatch` under a prompt mode."""
+
+    # ---- compute
+    @abstractmethod
+    def encode_instruction(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Frozen-base token states of the instructions, ``[N, T, H]`` (no adapter, no gradient)."""
+
+    @abstractmethod
+    def forward(
+        self, batch: ModelBatch, adapter: LoraWeights | None = None, fuse_states: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits at label positions ``[M, V]``, labels ``[M]``, example index ``[M]``.
+
+        ``adapter`` holds one adapter per example (or one for all); ``fuse_states`` lets T5 callers pass
+        precomputed instruction encodings for FiD (computed from ``batch.fuse_ids`` otherwise).
+        """
+
+    @abstractmethod
+    def generate(
+        self,
+        examples: Sequence[Example],
+        adapter: LoraWeights | None = None,
+        mode: PromptMode = "concat",
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> list[str]:
+        """Decode outputs for examples (greedy when ``temperature == 0``)."""
+
+    def sequence_nll(self, batch: ModelBatch, adapter: LoraWeights | None = None) -> torch.Tensor:
+        """Token-averaged negative log-likelihood of each example's target, ``[N]`` (rank classification)."""
+        logits, labels, rows = self.forward(batch, adapter)
+        nll = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")  # [M]
+        n = batch.input_ids.shape[0]
+        total = torch.zeros(n, device=nll.device).index_add_(0, rows, nll)
+        count = torch.zeros(n, device=nll.device).index_add_(0, rows, torch.ones_like(nll))
+        return total / count.clamp_min(1)
+
+
+def sample_next(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Next tokens from last-position logits ``[N, V]``: argmax at temperature 0, else nucleus sampling."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, -1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the most likely token
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)

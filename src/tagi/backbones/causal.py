@@ -1,0 +1,222 @@
+"""Decoder-only (Llama-family: SmolLM2, Llama, Qwen2, Mistral) backbone.
+
+Prompt layout (chat models get the tokenizer's chat template around the user turn)::
+
+    prefix  = chat_head + instruction          (mode "concat"/"fuse"; chat_head alone in mode "none")
+    suffix  = source + chat_tail               (chat_tail = end of user turn + assistant header)
+    target  = output tokens + eos
+
+Prefix, suffix and target are tokenised separately and concatenated as ids, so the prefix is a token
+prefix of every prompt of a task: at generation its key/value cache is computed once per task — with the
+adapter active, exactly as a PEFT model with the same adapter would compute it — and repeated over the
+batch. The hypernetwork reads the frozen model's hidden states over the bare instruction tokens (layer
+``ModelConfig.instruction_layer``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+
+import torch
+
+from tagi.backbones.base import (
+    IGNORE,
+    Backbone,
+    Example,
+    ModelBatch,
+    PromptMode,
+    Target,
+    pad_left,
+    sample_next,
+)
+from tagi.lora import LoraWeights, apply_lora
+
+log = logging.getLogger("tagi.backbones")
+_SENTINEL = "\x00TAGI_SENTINEL\x00"
+_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)$")
+CAUSAL_KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class CausalBackbone(Backbone):
+    family = "causal"
+
+    def __init__(self, model, tokenizer, cfg, source: str) -> None:
+        super().__init__(model, tokenizer, cfg, source)
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if cfg.chat_template == "on" and not has_template:
+            raise ValueError("model.chat_template=on but the tokenizer has no chat template")
+        self.use_chat = cfg.chat_template == "on" or (cfg.chat_template == "auto" and has_template)
+        if self.use_chat:
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True
+            )
+            head, tail = text.split(_SENTINEL)
+            self.head_ids = self._tok(head)
+            self.tail_ids = self._tok(tail)
+        else:
+            bos = tokenizer.bos_token_id
+            add_bos = bos is not None and getattr(tokenizer, "add_bos_token", True)
+            self.head_ids = [bos] if add_bos else []
+            self.tail_ids = []
+        self.stop_ids = self._stop_ids()
+
+    # ---- structure
+    def default_kinds(self) -> list[str]:
+        return ["q_proj", "v_proj"]
+
+    def _find_targets(self, kinds: list[str]) -> list[Target]:
+        unknown = set(kinds) - set(CAUSAL_KINDS)
+        if unknown:
+            raise ValueError(
+                f"unknown target module kind {sorted(unknown)[0]!r} (known: {', '.join(CAUSAL_KINDS)})"
+            )
+        out = []
+        for name, mod in self.model.named_modules():
+            m = _LAYER_RE.search(name)
+            if m and m[2] in kinds and isinstance(mod, torch.nn.Linear):
+                out.append(Target(name, m[2], int(m[1]), mod.in_features, mod.out_features))
+        return sorted(out, key=lambda t: (t.layer, kinds.index(t.kind)))
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def _stop_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id}
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        return {int(i) for i in ids if i is not None}
+
+    # ---- text -> ids
+    def _tok(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def _truncate_instruction(self, ids: list[int]) -> list[int]:
+        limit = self.cfg.max_instruction_tokens
+        if len(ids) > limit:
+            log.warning(
+                "instruction of %d tokens truncated to model.max_instruction_tokens=%d", len(ids), limit
+            )
+            return ids[:limit]
+        return ids
+
+    def instruction_ids(self, instruction: str) -> list[int]:
+        ids = self._truncate_instruction(self._tok(instruction))
+        return ids or [int(self.tokenizer.eos_token_id)]  # an empty instruction still has one state
+
+    def prefix_ids(self, instruction: str, mode: PromptMode) -> list[int]:
+        ins = [] if mode == "none" else self._truncate_instruction(self._tok(instruction))
+        return self.head_ids + ins
+
+    def suffix_ids(self, source: str) -> list[int]:
+        return self._tok(source)[-self.cfg.max_input_tokens :] + self.tail_ids
+
+    def target_ids(self, target: str, add_eos: bool = True) -> list[int]:
+        ids = self._tok(target)[: self.cfg.max_target_tokens]
+        return ids + [int(self.tokenizer.eos_token_id)] if add_eos else ids
+
+    def collate(self, examples: Sequence[Example], mode: PromptMode, add_eos: bool = True) -> ModelBatch:
+        seqs, labels = [], []
+        for ex in examples:
+            prompt = self.prefix_ids(ex.instruction, mode) + self.suffix_ids(ex.source)
+            tgt = self.target_ids(ex.target, add_eos)
+            seqs.append(prompt + tgt)
+            labels.append([IGNORE] * len(prompt) + tgt)
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        lab = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, (s, lb) in enumerate(zip(seqs, labels)):
+            ids[i, : len(s)] = torch.tensor(s)
+            lab[i, : len(s)] = torch.tensor(lb)
+            mask[i, : len(s)] = 1
+        return ModelBatch(ids, mask, lab)
+
+    # ---- compute
+    @torch.no_grad()
+    def encode_instruction(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = self.model.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        return out.hidden_states[self.cfg.instruction_layer]  # [N, T, H]
+
+    def forward(self, batch, adapter=None, fuse_states=None):
+        with apply_lora(self.model, adapter):
+            hidden = self.model.model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask
+            ).last_hidden_state  # [N, T, H]
+        labels = batch.labels[:, 1:]  # token t predicts t+1
+        sel = labels != IGNORE  # [N, T-1]
+        logits = self.model.get_output_embeddings()(hidden[:, :-1][sel])  # [M, V]
+        rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)[sel]
+        return logits, labels[sel], rows
+
+    @torch.no_grad()
+    def generate(
+        self,
+        examples,
+        adapter: LoraWeights | None = None,
+        mode: PromptMode = "concat",
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> list[str]:
+        n = len(examples)
+        prefixes = [self.prefix_ids(e.instruction, mode) for e in examples]
+        suffixes = [self.suffix_ids(e.source) for e in examples]
+        shared = all(p == prefixes[0] for p in prefixes) and (adapter is None or adapter.batch_size == 1)
+        dev = self.device
+        with apply_lora(self.model, adapter):
+            cache, prefix_len = None, 0
+            if shared and prefixes[0]:
+                # the instruction prefix is encoded once (adapter active) and its cache reused by all rows
+                pre = torch.tensor([prefixes[0]], device=dev)
+                cache = self.model(input_ids=pre, use_cache=True, logits_to_keep=1).cache
+                cache.batch_repeat_interleave(n)
+                prefix_len = pre.shape[1]
+                ids, mask = pad_left(suffixes, self.pad_id)
+            else:
+                ids, mask = pad_left([p + s for p, s in zip(prefixes, suffixes)], self.pad_id)
+            ids, mask = ids.to(dev), mask.to(dev)
+            attn = torch.cat([torch.ones(n, prefix_len, dtype=torch.long, device=dev), mask], 1)
+            pos = (attn.cumsum(-1) - 1).clamp_min(0)[:, prefix_len:]
+            return self._decode_loop(ids, attn, pos, cache, max_new_tokens, temperature, top_p, generator)
+
+    def _decode_loop(self, ids, attn, pos, cache, max_new_tokens, temperature, top_p, generator) -> list[str]:
+        n, limit = ids.shape[0], max_new_tokens or self.cfg.max_target_tokens
+        out = self.model(
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=pos,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        finished = torch.zeros(n, dtype=torch.bool, device=ids.device)
+        stop = torch.tensor(sorted(self.stop_ids), device=ids.device)
+        tokens: list[torch.Tensor] = []
+        for _ in range(limit):
+            nxt = sample_next(out.logits[:, -1], temperature, top_p, generator)  # [N]
+            nxt = torch.where(finished, torch.full_like(nxt, self.pad_id), nxt)
+            tokens.append(nxt)
+            finished |= torch.isin(nxt, stop)
+            if bool(finished.all()):
+                break
+            attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype, device=attn.device)], 1)
+            pos = pos[:, -1:] + 1
+            out = self.model(
+                input_ids=nxt[:, None],
+                attention_mask=attn,
+                position_ids=pos,
+                cache=out.cache,
+                use_cache=True,
+            )
+        return self._decode(torch.stack(tokens, 1) if tokens else ids.new_zeros(n, 0))
+
+    def _decode(self, gen: torch.Tensor) -> list[str]:
+        texts = []
+        for row in gen.tolist():
+            cut = next((i for i, t in enumerate(row) if t in self.stop_ids), len(row))
+            texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+        return texts

@@ -1,0 +1,164 @@
+"""Encoder-decoder backbone: T5, T5-LM-adapt, T0, Flan-T5 (``T5ForConditionalGeneration``).
+
+Target kinds are named by place and role: ``enc_self_q``, ``dec_self_q``, ``dec_cross_q`` (and k, v, o;
+``enc_ffn_wi``, ``dec_ffn_wo``, ...). ``model.target_modules: [q, v]`` selects q and v in all three
+attentions (the paper's default).
+
+Instruction fusion (mode ``fuse``, FiD-style): the frozen encoder encodes the instruction once per task,
+``I [Ti, d]`` (no adapter; the same states the hypernetwork reads), the adapted encoder encodes the
+instance input ``X [S, d]``, and the decoder cross-attends over ``[I ; X]`` with the concatenated padding
+mask. In mode ``concat`` the instruction and input are one encoder input (Tk-Instruct).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+
+import torch
+from transformers.modeling_outputs import BaseModelOutput
+
+from tagi.backbones.base import IGNORE, Backbone, Example, ModelBatch, PromptMode, Target, pad_right
+from tagi.lora import LoraWeights, apply_lora
+
+log = logging.getLogger("tagi.backbones")
+_T5_RE = re.compile(
+    r"^(?P<stack>encoder|decoder)\.block\.(?P<layer>\d+)\.layer\.\d+\."
+    r"(?P<part>SelfAttention|EncDecAttention|DenseReluDense)\.(?P<kind>\w+)$"
+)
+T5_KINDS = ("q", "k", "v", "o", "wi", "wo", "wi_0", "wi_1")
+_PART = {"SelfAttention": "self", "EncDecAttention": "cross", "DenseReluDense": "ffn"}
+
+
+class T5Backbone(Backbone):
+    family = "seq2seq"
+
+    def default_kinds(self) -> list[str]:
+        return ["q", "v"]
+
+    def _find_targets(self, kinds: list[str]) -> list[Target]:
+        unknown = set(kinds) - set(T5_KINDS)
+        if unknown:
+            raise ValueError(
+                f"unknown target module kind {sorted(unknown)[0]!r} (known: {', '.join(T5_KINDS)})"
+            )
+        out = []
+        for name, mod in self.model.named_modules():
+            m = _T5_RE.match(name)
+            if m and m["kind"] in kinds and isinstance(mod, torch.nn.Linear):
+                kind = f"{m['stack'][:3]}_{_PART[m['part']]}_{m['kind']}"
+                out.append(Target(name, kind, int(m["layer"]), mod.in_features, mod.out_features))
+        return out
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.d_model)
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
+    # ---- text -> ids
+    def _tok(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def _ins(self, instruction: str) -> list[int]:
+        ids = self._tok(instruction)
+        limit = self.cfg.max_instruction_tokens - 1
+        if len(ids) > limit:
+            log.warning(
+                "instruction of %d tokens truncated to model.max_instruction_tokens=%d", len(ids), limit + 1
+            )
+            ids = ids[:limit]
+        return ids
+
+    def instruction_ids(self, instruction: str) -> list[int]:
+        return self._ins(instruction) + [self.eos_id]
+
+    def encoder_ids(self, ex: Example, mode: PromptMode) -> list[int]:
+        src = self._tok(ex.source)[-self.cfg.max_input_tokens :]
+        return (self._ins(ex.instruction) if mode == "concat" else []) + src + [self.eos_id]
+
+    def collate(self, examples: Sequence[Example], mode: PromptMode, add_eos: bool = True) -> ModelBatch:
+        ids, mask = pad_right([self.encoder_ids(e, mode) for e in examples], self.pad_id)
+        tgts = [
+            self._tok(e.target)[: self.cfg.max_target_tokens] + ([self.eos_id] if add_eos else [])
+            for e in examples
+        ]
+        labels, _ = pad_right(tgts, IGNORE)
+        fuse_ids = fuse_mask = None
+        if mode == "fuse":
+            fuse_ids, fuse_mask = self.collate_instructions([e.instruction for e in examples])
+        return ModelBatch(ids, mask, labels, fuse_ids, fuse_mask)
+
+    # ---- compute
+    @torch.no_grad()
+    def encode_instruction(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state  # [N, Ti, d]
+
+    def _encode(
+        self, batch: ModelBatch, fuse_states: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adapted encoder states of the input, with the instruction states prepended in mode fuse."""
+        enc = self.model.encoder(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask
+        ).last_hidden_state
+        if fuse_states is None:
+            return enc, batch.attention_mask  # [N, S, d], [N, S]
+        fmask = batch.fuse_mask.to(batch.attention_mask)
+        if fuse_states.shape[0] == 1 and enc.shape[0] > 1:  # one task's encoding shared by the batch
+            fuse_states, fmask = fuse_states.expand(enc.shape[0], -1, -1), fmask.expand(enc.shape[0], -1)
+        return torch.cat([fuse_states.to(enc.dtype), enc], 1), torch.cat([fmask, batch.attention_mask], 1)
+
+    def _fuse_states(self, batch: ModelBatch, fuse_states: torch.Tensor | None) -> torch.Tensor | None:
+        if batch.fuse_ids is None:
+            return None
+        # computed outside the adapter context: the frozen encoder's reading of the instruction
+        return (
+            fuse_states
+            if fuse_states is not None
+            else self.encode_instruction(batch.fuse_ids, batch.fuse_mask)
+        )
+
+    def forward(self, batch, adapter=None, fuse_states=None):
+        fs = self._fuse_states(batch, fuse_states)
+        with apply_lora(self.model, adapter):
+            enc, mask = self._encode(batch, fs)  # [N, Ti+S, d]
+            dec_in = self.model._shift_right(batch.labels)  # [N, L]; -100 -> pad
+            logits = self.model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=enc),
+                attention_mask=mask,
+                decoder_input_ids=dec_in,
+            ).logits  # [N, L, V]
+        sel = batch.labels != IGNORE
+        rows = torch.arange(sel.shape[0], device=sel.device)[:, None].expand_as(sel)[sel]
+        return logits[sel], batch.labels[sel], rows
+
+    @torch.no_grad()
+    def generate(
+        self,
+        examples,
+        adapter: LoraWeights | None = None,
+        mode: PromptMode = "concat",
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> list[str]:
+        batch = self.collate(examples, mode).to(self.device)
+        if batch.fuse_ids is not None and len({e.instruction for e in examples}) == 1:
+            # one task: encode its instruction once and share it across the batch
+            batch.fuse_ids, batch.fuse_mask = batch.fuse_ids[:1], batch.fuse_mask[:1]
+        fs = self._fuse_states(batch, None)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {}
+        with apply_lora(self.model, adapter):
+            enc, mask = self._encode(batch, fs)
+            out = self.model.generate(
+                encoder_outputs=BaseModelOutput(last_hidden_state=enc),
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens or self.cfg.max_target_tokens,
+                num_beams=1,
+                **({"do_sample": False} | sampling),
+            )
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]

@@ -1,0 +1,228 @@
+"""Batched per-example LoRA on the target modules of a frozen model, plus merge and PEFT key mapping.
+
+For a target linear layer ``y = W x`` (``W: [out, in]``) and example ``n`` of a batch carrying its own
+factors ``A_n: [r, in]`` and ``B_n: [out, r]``::
+
+    y_n = W x_n + s * B_n (A_n x_n),      s = alpha / r        (standard LoRA semantics, dW_n = s * B_n A_n)
+
+computed for the whole batch with two batched matmuls on ``x: [N, T, in]``::
+
+    h = x @ A^T      # [N, T, r]     (A: [N, r, in], or [1, r, in] broadcast over the batch)
+    y = y + s * (h @ B^T)            # [N, T, out]   (B: [N, out, r])
+
+Adapters are applied by :func:`apply_lora`, a context manager that registers forward hooks on the target
+modules and removes them on exit, so no state survives the call (exceptions included). For one-task
+inference :func:`merged` adds ``s * B A`` into the weights and restores the exact original weights on exit.
+
+PEFT stores the same adapter as ``base_model.model.<module>.lora_A.weight`` (``[r, in]``) and
+``...lora_B.weight`` (``[out, r]``) with ``scaling = lora_alpha / r``; :func:`to_peft_state_dict` and
+:func:`from_peft_state_dict` convert between the two.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tagi.errors import TagiError
+
+PEFT_PREFIX = "base_model.model."
+
+
+class AdapterError(TagiError, ValueError):
+    """An adapter does not fit the model (other base model, other rank, other target modules)."""
+
+
+@dataclass
+class LoraWeights:
+    """LoRA factors for a set of target modules, batched over examples.
+
+    ``A[name]: [N, r, in]``, ``B[name]: [N, out, r]`` keyed by the full module path in the base model;
+    ``N`` is the number of examples (1 = one adapter shared by the whole batch). ``scaling = alpha / r``.
+    """
+
+    A: dict[str, torch.Tensor]
+    B: dict[str, torch.Tensor]
+    scaling: float
+
+    def __post_init__(self) -> None:
+        if set(self.A) != set(self.B):
+            raise AdapterError("LoRA A and B factors name different modules")
+        for name in self.A:
+            a, b = self.A[name], self.B[name]
+            if a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0] or a.shape[1] != b.shape[2]:
+                raise AdapterError(
+                    f"bad LoRA shapes for {name}: A {tuple(a.shape)}, B {tuple(b.shape)} "
+                    "(expected A [N, r, in], B [N, out, r])"
+                )
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.A)
+
+    @property
+    def rank(self) -> int:
+        return next(iter(self.A.values())).shape[1]
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(self.A.values())).shape[0]
+
+    def index(self, idx: torch.Tensor | list[int] | slice) -> LoraWeights:
+        """Select examples (rows) of the batch: ``weights.index([0, 0, 1])`` repeats adapters per example."""
+        if isinstance(idx, list):
+            idx = torch.tensor(idx, dtype=torch.long)
+        return LoraWeights(
+            {k: v[idx] for k, v in self.A.items()}, {k: v[idx] for k, v in self.B.items()}, self.scaling
+        )
+
+    def detach(self) -> LoraWeights:
+        return LoraWeights(
+            {k: v.detach() for k, v in self.A.items()},
+            {k: v.detach() for k, v in self.B.items()},
+            self.scaling,
+        )
+
+    def to(self, *args, **kwargs) -> LoraWeights:
+        return LoraWeights(
+            {k: v.to(*args, **kwargs) for k, v in self.A.items()},
+            {k: v.to(*args, **kwargs) for k, v in self.B.items()},
+            self.scaling,
+        )
+
+    def delta(self, name: str) -> torch.Tensor:
+        """The weight update ``s * B @ A`` of one module: ``[N, out, in]``."""
+        return self.scaling * self.B[name] @ self.A[name]
+
+    @staticmethod
+    def stack(items: list[LoraWeights]) -> LoraWeights:
+        """Concatenate several adapters along the example dimension (all must share names and scaling)."""
+        first = items[0]
+        for w in items[1:]:
+            if set(w.A) != set(first.A):
+                raise AdapterError("cannot stack adapters with different target modules")
+        # per-adapter scaling is folded into B so that adapters with different alpha/r can be mixed
+        return LoraWeights(
+            {k: torch.cat([w.A[k] for w in items]) for k in first.A},
+            {k: torch.cat([w.B[k] * (w.scaling / first.scaling) for w in items]) for k in first.A},
+            first.scaling,
+        )
+
+
+def _lora_hook(a: torch.Tensor, b: torch.Tensor, scaling: float):
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        x = inputs[0]  # [N, T, in]
+        if x.dim() != 3 or a.shape[0] not in (1, x.shape[0]):
+            raise AdapterError(
+                f"LoRA batch mismatch: input {tuple(x.shape)} vs adapter batch {a.shape[0]} "
+                "(expected input [N, T, in] with N equal to the adapter batch or an adapter batch of 1)"
+            )
+        h = x @ a.transpose(1, 2).to(x.dtype)  # [N, T, r]
+        return output + scaling * (h @ b.transpose(1, 2).to(x.dtype))  # [N, T, out]
+
+    return hook
+
+
+def check_fits(model: nn.Module, weights: LoraWeights) -> None:
+    """Raise :class:`AdapterError` unless every named module exists as a Linear of matching shape."""
+    for name in weights.names:
+        try:
+            mod = model.get_submodule(name)
+        except AttributeError:
+            raise AdapterError(f"adapter targets '{name}', which this base model does not have") from None
+        if not isinstance(mod, nn.Linear):
+            raise AdapterError(f"adapter targets '{name}', which is not a linear layer")
+        a, b = weights.A[name], weights.B[name]
+        if a.shape[2] != mod.in_features or b.shape[1] != mod.out_features:
+            raise AdapterError(
+                f"adapter shape for '{name}' is [{b.shape[1]}x{a.shape[2]}] but the base model's layer "
+                f"is [{mod.out_features}x{mod.in_features}]: the adapter was made for another base model"
+            )
+
+
+@contextmanager
+def apply_lora(model: nn.Module, weights: LoraWeights | None) -> Iterator[None]:
+    """Apply per-example LoRA factors to ``model`` for the duration of the ``with`` block.
+
+    ``weights=None`` is a no-op, so callers can write one code path for "base" and "adapted".
+    """
+    if weights is None:
+        yield
+        return
+    check_fits(model, weights)
+    handles = []
+    try:
+        for name in weights.names:
+            mod = model.get_submodule(name)
+            handles.append(
+                mod.register_forward_hook(_lora_hook(weights.A[name], weights.B[name], weights.scaling))
+            )
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def merged(model: nn.Module, weights: LoraWeights) -> Iterator[None]:
+    """Merge one adapter (batch size 1) into the weights; the exact original weights return on exit."""
+    if weights.batch_size != 1:
+        raise AdapterError(f"merging needs a single adapter, got a batch of {weights.batch_size}")
+    check_fits(model, weights)
+    saved: dict[str, torch.Tensor] = {}
+    try:
+        with torch.no_grad():
+            for name in weights.names:
+                lin = model.get_submodule(name)
+                saved[name] = lin.weight.detach().clone()
+                lin.weight += weights.delta(name)[0].to(lin.weight.dtype)
+        yield
+    finally:
+        with torch.no_grad():
+            for name, w in saved.items():
+                model.get_submodule(name).weight.copy_(w)
+
+
+# ---------------------------------------------------------------------------------------- PEFT mapping
+
+_PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<mod>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+
+
+def to_peft_state_dict(weights: LoraWeights) -> dict[str, torch.Tensor]:
+    """PEFT's tensors for one adapter (batch size 1): only ``lora_A`` / ``lora_B`` weights."""
+    if weights.batch_size != 1:
+        raise AdapterError(f"a PEFT adapter holds one adapter, got a batch of {weights.batch_size}")
+    out = {}
+    for name in weights.names:
+        out[f"{PEFT_PREFIX}{name}.lora_A.weight"] = weights.A[name][0].detach().contiguous().cpu()
+        out[f"{PEFT_PREFIX}{name}.lora_B.weight"] = weights.B[name][0].detach().contiguous().cpu()
+    return out
+
+
+def from_peft_state_dict(state: Mapping[str, torch.Tensor], scaling: float) -> LoraWeights:
+    """Parse PEFT LoRA tensors (with or without the adapter-name infix) into a batch-1 :class:`LoraWeights`."""
+    a: dict[str, torch.Tensor] = {}
+    b: dict[str, torch.Tensor] = {}
+    for key, t in state.items():
+        m = _PEFT_KEY.match(key)
+        if m is None:
+            raise AdapterError(
+                f"unexpected tensor '{key}' in a LoRA adapter (only lora_A / lora_B are supported)"
+            )
+        (a if m["ab"] == "A" else b)[m["mod"]] = t.unsqueeze(0)
+    if not a:
+        raise AdapterError("the adapter holds no LoRA tensors")
+    missing = set(a) ^ set(b)
+    if missing:
+        raise AdapterError(f"adapter is missing lora_A or lora_B for {sorted(missing)[0]}")
+    return LoraWeights(a, b, scaling)
+
+
+def peft_target_modules(names: list[str]) -> list[str]:
+    """The ``target_modules`` list for ``adapter_config.json``: the full module paths (exact, unambiguous)."""
+    return sorted(names)

@@ -1,0 +1,100 @@
+"""Backbones: target enumeration, prompt modes, prefix-cache parity, FiD fusion, generation."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from conftest import random_adapter
+from tagi.backbones import Example
+from tagi.backbones.base import IGNORE
+from tagi.lora import apply_lora
+
+INS = "Definition: Copy the input word exactly.\n\n Positive Example 1 -\nInput: sun.\n Output: sun.\n\n"
+EXS = [
+    Example(INS, "Now complete the following example -\nInput: moon.\nOutput: ", "moon"),
+    Example(
+        INS,
+        "Now complete the following example -\nInput: a longer sky phrase.\nOutput: ",
+        "a longer sky phrase",
+    ),
+    Example(INS, "Now complete the following example -\nInput: x.\nOutput: ", "x"),
+]
+
+
+def test_targets_default_and_gqa_shapes(backbones):
+    llama = backbones["tiny-llama"]
+    kinds = {t.kind for t in llama.targets}
+    assert kinds == {"q_proj", "v_proj"} and len(llama.targets) == 4
+    q = next(t for t in llama.targets if t.kind == "q_proj")
+    v = next(t for t in llama.targets if t.kind == "v_proj")
+    assert (q.in_features, q.out_features) == (32, 32)
+    assert (v.in_features, v.out_features) == (32, 16)  # grouped-query attention: 2 kv heads of 8
+    t5 = backbones["tiny-t5"]
+    assert {t.kind for t in t5.targets} == {
+        f"{p}_{x}" for p in ("enc_self", "dec_self", "dec_cross") for x in "qv"
+    }
+    assert len(t5.targets) == 12
+
+
+def test_labels_cover_target_tokens_only(backbone):
+    batch = backbone.collate(EXS, "concat")
+    for i, ex in enumerate(EXS):
+        lab = batch.labels[i][batch.labels[i] != IGNORE].tolist()
+        expect = backbone.tokenizer(ex.target, add_special_tokens=False)["input_ids"] + [
+            backbone.tokenizer.eos_token_id
+        ]
+        assert lab == expect
+    logits, labels, rows = backbone.forward(batch)
+    assert logits.shape == (batch.num_label_tokens, backbone.model.config.vocab_size)
+    assert rows.tolist() == sorted(rows.tolist())
+
+
+def test_causal_prefix_cache_equals_full_prompt(backbones):
+    """Logits with the instruction's KV cache (computed with the adapter) == the whole prompt at once."""
+    bb = backbones["tiny-llama"]
+    w = random_adapter(bb, 1)
+    prefix = torch.tensor([bb.prefix_ids(INS, "fuse")])
+    suffix = torch.tensor([bb.suffix_ids(EXS[0].source)])
+    with torch.no_grad(), apply_lora(bb.model, w):
+        full = bb.model(input_ids=torch.cat([prefix, suffix], 1)).logits[:, prefix.shape[1] :]
+        cache = bb.model(input_ids=prefix, use_cache=True).cache
+        cached = bb.model(input_ids=suffix, cache=copy.deepcopy(cache), use_cache=True).logits
+    assert (full - cached).abs().max() <= 1e-5
+
+
+def test_causal_generate_shared_prefix_equals_unshared(backbones):
+    """Batched generation with one cached prefix gives the same text as rows decoded alone."""
+    bb = backbones["tiny-llama"]
+    w = random_adapter(bb, 1, scale=1.0)
+    together = bb.generate(EXS, w, "fuse", max_new_tokens=6)
+    alone = [bb.generate([e], w, "fuse", max_new_tokens=6)[0] for e in EXS]
+    assert together == alone
+
+
+def test_t5_fusion_attends_over_instruction(backbones):
+    bb = backbones["tiny-t5"]
+    fused = bb.collate(EXS, "fuse")
+    plain = bb.collate(EXS, "none")
+    assert fused.fuse_ids is not None and torch.equal(fused.input_ids, plain.input_ids)
+    lf, _, _ = bb.forward(fused)
+    ln, _, _ = bb.forward(plain)
+    assert (lf - ln).abs().max() > 1e-4
+    # precomputed instruction states give the same logits as computing them inside forward
+    states = bb.encode_instruction(fused.fuse_ids, fused.fuse_mask)
+    lp, _, _ = bb.forward(fused, fuse_states=states)
+    assert torch.allclose(lf, lp, atol=1e-6)
+
+
+def test_generate_with_per_example_adapters_matches_single(backbone):
+    w = random_adapter(backbone, 3, scale=1.0)
+    mixed = backbone.generate(EXS, w, "fuse", max_new_tokens=5)
+    single = [backbone.generate([e], w.index([i]), "fuse", max_new_tokens=5)[0] for i, e in enumerate(EXS)]
+    assert mixed == single
+
+
+def test_sequence_nll_prefers_trained_answer(backbone):
+    batch = backbone.collate(EXS[:2], "concat")
+    nll = backbone.sequence_nll(batch)
+    assert nll.shape == (2,) and torch.isfinite(nll).all()

@@ -1,0 +1,71 @@
+"""Hypernetwork: shapes for both families, zero update at init with live gradients, pooling masks padding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tagi.config import HyperConfig
+from tagi.hypernet import AttentionPool, HyperNetwork, masked_mean
+
+INSTRUCTIONS = ["Definition: Uppercase the word.", "Definition: Count the letters of the word please."]
+
+
+def make(backbone, **kw):
+    return HyperNetwork(
+        HyperConfig(rank=4, hidden=32, module_embed_dim=8, **kw), backbone.targets, backbone.hidden_size
+    )
+
+
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_shapes_for_every_target(backbone, pooling):
+    hn = make(backbone, pooling=pooling)
+    ids, mask = backbone.collate_instructions(INSTRUCTIONS)
+    w = hn(backbone.encode_instruction(ids, mask), mask)
+    assert set(w.names) == {t.name for t in backbone.targets}
+    for t in backbone.targets:
+        assert w.A[t.name].shape == (2, 4, t.in_features)
+        assert w.B[t.name].shape == (2, t.out_features, 4)
+    assert hn.num_parameters() == sum(p.numel() for p in hn.parameters()) > 0
+
+
+def test_zero_update_at_init_but_gradients_flow(backbone):
+    hn = make(backbone)
+    ids, mask = backbone.collate_instructions(INSTRUCTIONS)
+    states = backbone.encode_instruction(ids, mask)
+    w = hn(states, mask)
+    for name in w.names:
+        assert torch.count_nonzero(w.delta(name)) == 0
+    from tagi.backbones import Example
+
+    batch = backbone.collate([Example(t, "Input: ab.\nOutput: ", "AB") for t in INSTRUCTIONS], "fuse")
+    base_logits, labels, _ = backbone.forward(batch)
+    logits, labels, _ = backbone.forward(batch, w)
+    assert torch.allclose(base_logits, logits, atol=1e-6)
+    torch.nn.functional.cross_entropy(logits, labels).backward()
+    heads_b = [p.grad for k, p in hn.named_parameters() if k.startswith("head_b")]
+    assert all(g is not None and g.abs().sum() > 0 for g in heads_b)
+    assert all(p.grad is None for p in backbone.model.parameters())
+
+
+def test_masked_mean_ignores_padding():
+    states = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert torch.allclose(masked_mean(states, mask), torch.tensor([[2.0, 3.0]]))
+    pool = AttentionPool(2, 3)
+    changed = states.clone()
+    changed[0, 2] = -5.0
+    assert torch.allclose(pool(states, mask), pool(changed, mask))
+
+
+def test_instructions_give_different_adapters_after_a_step(backbone):
+    hn = make(backbone)
+    ids, mask = backbone.collate_instructions(INSTRUCTIONS)
+    states = backbone.encode_instruction(ids, mask)
+    opt = torch.optim.SGD(hn.parameters(), lr=0.1)
+    w = hn(states, mask)
+    sum((w.B[n] ** 2).sum() - w.B[n].sum() for n in w.names).backward()
+    opt.step()
+    w = hn(states, mask)
+    name = w.names[0]
+    assert not torch.allclose(w.delta(name)[0], w.delta(name)[1])

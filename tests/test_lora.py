@@ -1,0 +1,129 @@
+"""Batched per-example LoRA: parity with PEFT, merge, no state left behind, PEFT key mapping."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+from conftest import random_adapter
+from tagi.backbones import Example
+from tagi.lora import AdapterError, LoraWeights, apply_lora, from_peft_state_dict, merged, to_peft_state_dict
+
+EXAMPLES = [
+    Example(
+        "Definition: Uppercase the word.\n\n",
+        "Now complete the following example -\nInput: cat.\nOutput: ",
+        "CAT",
+    ),
+    Example(
+        "Definition: Reverse it.\n\n",
+        "Now complete the following example -\nInput: dog house.\nOutput: ",
+        "esuoh god",
+    ),
+]
+
+
+def peft_logits(backbone, weights: LoraWeights, batch, row: int):
+    """Logits of a PEFT LoraModel holding adapter ``row`` of ``weights`` (alpha/r = weights.scaling)."""
+    rank = weights.rank
+    cfg = LoraConfig(
+        r=rank, lora_alpha=weights.scaling * rank, target_modules=weights.names, lora_dropout=0.0
+    )
+    peft_model = get_peft_model(copy.deepcopy(backbone.model), cfg)
+    set_peft_model_state_dict(peft_model, to_peft_state_dict(weights.index([row])))
+    peft_model.eval()
+    with torch.no_grad():
+        if backbone.family == "seq2seq":
+            out = peft_model(
+                input_ids=batch.input_ids[row : row + 1],
+                attention_mask=batch.attention_mask[row : row + 1],
+                decoder_input_ids=backbone.model._shift_right(batch.labels[row : row + 1]),
+            )
+        else:
+            out = peft_model(
+                input_ids=batch.input_ids[row : row + 1], attention_mask=batch.attention_mask[row : row + 1]
+            )
+    return out.logits[0]
+
+
+def own_logits(backbone, weights, batch):
+    with torch.no_grad(), apply_lora(backbone.model, weights):
+        if backbone.family == "seq2seq":
+            return backbone.model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                decoder_input_ids=backbone.model._shift_right(batch.labels),
+            ).logits
+        return backbone.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+
+
+def test_batched_lora_matches_peft_for_mixed_batch(backbone):
+    weights = random_adapter(backbone, n=2)
+    batch = backbone.collate(EXAMPLES, "concat")
+    ours = own_logits(backbone, weights, batch)  # one batch, two different adapters
+    base = own_logits(backbone, None, batch)
+    for row in range(2):
+        ref = peft_logits(backbone, weights, batch, row)
+        n = ref.shape[0] if backbone.family == "seq2seq" else int(batch.attention_mask[row].sum())
+        assert (ours[row, :n] - ref[:n]).abs().max() <= 1e-5
+        assert (ours[row, :n] - base[row, :n]).abs().max() > 1e-3  # the adapter really changed the logits
+
+
+def test_apply_lora_leaves_no_state(backbone):
+    batch = backbone.collate(EXAMPLES, "concat")
+    before = own_logits(backbone, None, batch)
+    with pytest.raises(RuntimeError), apply_lora(backbone.model, random_adapter(backbone, 2)):
+        raise RuntimeError("boom")
+    for name, _ in [(t.name, t) for t in backbone.targets]:
+        assert not backbone.model.get_submodule(name)._forward_hooks
+    assert torch.equal(own_logits(backbone, None, batch), before)
+
+
+def test_merge_equals_hooks_and_restores_exactly(backbone):
+    weights = random_adapter(backbone, n=1)
+    batch = backbone.collate(EXAMPLES[:1], "concat")
+    original = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    hooked = own_logits(backbone, weights, batch)
+    with merged(backbone.model, weights):
+        merged_logits = own_logits(backbone, None, batch)
+    assert (hooked - merged_logits).abs().max() <= 1e-5
+    for k, v in backbone.model.state_dict().items():
+        assert torch.equal(v, original[k])
+
+
+def test_peft_state_dict_round_trip(backbone):
+    weights = random_adapter(backbone, n=1)
+    state = to_peft_state_dict(weights)
+    assert all(k.startswith("base_model.model.") and (".lora_A." in k or ".lora_B." in k) for k in state)
+    back = from_peft_state_dict(state, weights.scaling)
+    for name in weights.names:
+        assert torch.equal(back.A[name], weights.A[name]) and torch.equal(back.B[name], weights.B[name])
+
+
+def test_adapter_for_other_model_is_refused(backbones):
+    llama, t5 = backbones["tiny-llama"], backbones["tiny-t5"]
+    with pytest.raises(AdapterError, match="does not have"), apply_lora(llama.model, random_adapter(t5, 1)):
+        pass
+    w = random_adapter(llama, 1)
+    name = w.names[0]
+    w.A[name] = torch.randn(1, 4, 7)
+    w.B[name] = torch.randn(1, w.B[name].shape[1], 4)
+    with pytest.raises(AdapterError, match="another base model"), apply_lora(llama.model, w):
+        pass
+
+
+def test_batch_mismatch_is_clear(backbone):
+    batch = backbone.collate(EXAMPLES, "concat")
+    with pytest.raises(AdapterError, match="batch mismatch"):
+        own_logits(backbone, random_adapter(backbone, 3), batch)
+
+
+def test_stack_folds_scaling():
+    a = LoraWeights({"m": torch.randn(1, 2, 3)}, {"m": torch.randn(1, 4, 2)}, 2.0)
+    b = LoraWeights({"m": torch.randn(1, 2, 3)}, {"m": torch.randn(1, 4, 2)}, 0.5)
+    s = LoraWeights.stack([a, b])
+    assert torch.allclose(s.delta("m")[1], b.delta("m")[0])
+    assert torch.allclose(s.delta("m")[0], a.delta("m")[0])
