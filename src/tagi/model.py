@@ -91,7 +91,7 @@ class TagiModel(nn.Module):
     def adapters(self, instructions: Sequence[str], cache: InstructionCache | None = None) -> LoraWeights:
         """One generated adapter per example (``[N]``), computed once per distinct instruction."""
         unique = list(dict.fromkeys(instructions))
-        states, mask = (cache or InstructionCache()).get(self.bb, unique)
+        states, mask = (cache if cache is not None else InstructionCache()).get(self.bb, unique)
         weights = self.hypernet(states, mask)  # [U]
         if len(unique) == len(instructions):
             return weights

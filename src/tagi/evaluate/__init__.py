@@ -1,0 +1,1 @@
+"""Evaluation: the official SNI scorer (metrics), baselines, efficiency measurements and reports."""
