@@ -36,9 +36,9 @@ def test_zero_update_at_init_but_gradients_flow(backbone):
     w = hn(states, mask)
     for name in w.names:
         assert torch.count_nonzero(w.delta(name)) == 0
-    from tagi.backbones import Example
+    from tagi.backbones import PromptExample
 
-    batch = backbone.collate([Example(t, "Input: ab.\nOutput: ", "AB") for t in INSTRUCTIONS], "fuse")
+    batch = backbone.collate([PromptExample(t, "Input: ab.\nOutput: ", "AB") for t in INSTRUCTIONS], "fuse")
     base_logits, labels, _ = backbone.forward(batch)
     logits, labels, _ = backbone.forward(batch, w)
     assert torch.allclose(base_logits, logits, atol=1e-6)

@@ -9,16 +9,16 @@ import torch
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
 from conftest import random_adapter
-from tagi.backbones import Example
+from tagi.backbones import PromptExample
 from tagi.lora import AdapterError, LoraWeights, apply_lora, from_peft_state_dict, merged, to_peft_state_dict
 
 EXAMPLES = [
-    Example(
+    PromptExample(
         "Definition: Uppercase the word.\n\n",
         "Now complete the following example -\nInput: cat.\nOutput: ",
         "CAT",
     ),
-    Example(
+    PromptExample(
         "Definition: Reverse it.\n\n",
         "Now complete the following example -\nInput: dog house.\nOutput: ",
         "esuoh god",

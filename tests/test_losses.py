@@ -43,10 +43,10 @@ def test_topk_kl_with_full_k_equals_full_kl():
 
 
 def test_masked_positions_never_enter_the_loss(backbone):
-    from tagi.backbones import Example
+    from tagi.backbones import PromptExample
 
-    short = Example("Definition: x.", "Input: a.\nOutput: ", "b")
-    long = Example("Definition: x.", "Input: a much longer input text.\nOutput: ", "a longer answer")
+    short = PromptExample("Definition: x.", "Input: a.\nOutput: ", "b")
+    long = PromptExample("Definition: x.", "Input: a much longer input text.\nOutput: ", "a longer answer")
     alone = ce_sum(*backbone.forward(backbone.collate([short], "concat"))[:2])
     logits, labels, rows = backbone.forward(backbone.collate([short, long], "concat"))
     padded = ce_sum(logits[rows == 0], labels[rows == 0])

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tagi.backbones import Example
+from tagi.backbones import PromptExample
 from tagi.config import HyperConfig
 from tagi.losses import ce_sum
 from tagi.model import CheckpointError, InstructionCache, TagiModel
@@ -16,7 +16,7 @@ TASKS = {
     "Definition: Answer with the word yes.": [("red", "yes"), ("blue", "yes"), ("green", "yes")],
     "Definition: Repeat the input twice.": [("ab", "abab"), ("cd", "cdcd"), ("xy", "xyxy")],
 }
-EXAMPLES = [Example(ins, f"Input: {x}.\nOutput: ", y) for ins, rows in TASKS.items() for x, y in rows]
+EXAMPLES = [PromptExample(ins, f"Input: {x}.\nOutput: ", y) for ins, rows in TASKS.items() for x, y in rows]
 HYPER = HyperConfig(rank=4, hidden=64, module_embed_dim=16)
 
 

@@ -7,19 +7,21 @@ import copy
 import torch
 
 from conftest import random_adapter
-from tagi.backbones import Example
+from tagi.backbones import PromptExample
 from tagi.backbones.base import IGNORE
 from tagi.lora import apply_lora
 
-INS = "Definition: Copy the input word exactly.\n\n Positive Example 1 -\nInput: sun.\n Output: sun.\n\n"
+INS = (
+    "Definition: Copy the input word exactly.\n\n Positive PromptExample 1 -\nInput: sun.\n Output: sun.\n\n"
+)
 EXS = [
-    Example(INS, "Now complete the following example -\nInput: moon.\nOutput: ", "moon"),
-    Example(
+    PromptExample(INS, "Now complete the following example -\nInput: moon.\nOutput: ", "moon"),
+    PromptExample(
         INS,
         "Now complete the following example -\nInput: a longer sky phrase.\nOutput: ",
         "a longer sky phrase",
     ),
-    Example(INS, "Now complete the following example -\nInput: x.\nOutput: ", "x"),
+    PromptExample(INS, "Now complete the following example -\nInput: x.\nOutput: ", "x"),
 ]
 
 

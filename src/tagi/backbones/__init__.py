@@ -30,13 +30,21 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from tagi.backbones.base import Backbone, Example, ModelBatch, Target
+from tagi.backbones.base import Backbone, ModelBatch, PromptExample, Target
 from tagi.backbones.causal import CausalBackbone
 from tagi.backbones.t5 import T5Backbone
 from tagi.config import ModelConfig
 from tagi.errors import TagiError
 
-__all__ = ["Backbone", "CausalBackbone", "Example", "ModelBatch", "T5Backbone", "Target", "load_backbone"]
+__all__ = [
+    "Backbone",
+    "CausalBackbone",
+    "PromptExample",
+    "ModelBatch",
+    "T5Backbone",
+    "Target",
+    "load_backbone",
+]
 
 log = logging.getLogger("tagi.backbones")
 EMBEDDED = "smollm2-135m-instruct"

@@ -6,7 +6,7 @@ A backbone wraps a frozen Hugging Face model and its tokenizer and knows:
   attention makes ``v_proj`` narrower than ``q_proj``, so shapes are per module;
 - how to **encode an instruction** once with the frozen base (``encode_instruction``: token states and
   padding mask, read by the hypernetwork; no adapter is ever active there);
-- how to turn :class:`Example` s into a :class:`ModelBatch` (``collate``) under one of three prompt modes:
+- how to turn :class:`PromptExample` s into a :class:`ModelBatch` (``collate``) under one of three prompt modes:
 
   ``concat``  instruction and input in one prompt (in-context baselines, teachers, multi-task LoRA);
   ``fuse``    TAGI's instruction fusion: T5 encodes the instruction separately and the decoder attends
@@ -49,7 +49,7 @@ class Target:
 
 
 @dataclass(frozen=True)
-class Example:
+class PromptExample:
     """One training / evaluation example in text form.
 
     ``instruction`` is the task text (Definition + k positive examples, Tk-Instruct format), ``source``
@@ -170,7 +170,9 @@ class Backbone(ABC):
         return int(pid if pid is not None else self.tokenizer.eos_token_id)
 
     @abstractmethod
-    def collate(self, examples: Sequence[Example], mode: PromptMode, add_eos: bool = True) -> ModelBatch:
+    def collate(
+        self, examples: Sequence[PromptExample], mode: PromptMode, add_eos: bool = True
+    ) -> ModelBatch:
         """Tokenise examples into a :class:`ModelBatch` under a prompt mode."""
 
     # ---- compute
@@ -191,7 +193,7 @@ class Backbone(ABC):
     @abstractmethod
     def generate(
         self,
-        examples: Sequence[Example],
+        examples: Sequence[PromptExample],
         adapter: LoraWeights | None = None,
         mode: PromptMode = "concat",
         max_new_tokens: int | None = None,

@@ -24,8 +24,8 @@ import torch
 from tagi.backbones.base import (
     IGNORE,
     Backbone,
-    Example,
     ModelBatch,
+    PromptExample,
     PromptMode,
     Target,
     pad_left,
@@ -117,7 +117,9 @@ class CausalBackbone(Backbone):
         ids = self._tok(target)[: self.cfg.max_target_tokens]
         return ids + [int(self.tokenizer.eos_token_id)] if add_eos else ids
 
-    def collate(self, examples: Sequence[Example], mode: PromptMode, add_eos: bool = True) -> ModelBatch:
+    def collate(
+        self, examples: Sequence[PromptExample], mode: PromptMode, add_eos: bool = True
+    ) -> ModelBatch:
         seqs, labels = [], []
         for ex in examples:
             prompt = self.prefix_ids(ex.instruction, mode) + self.suffix_ids(ex.source)

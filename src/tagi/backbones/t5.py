@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
-from tagi.backbones.base import IGNORE, Backbone, Example, ModelBatch, PromptMode, Target, pad_right
+from tagi.backbones.base import IGNORE, Backbone, ModelBatch, PromptExample, PromptMode, Target, pad_right
 from tagi.lora import LoraWeights, apply_lora
 
 log = logging.getLogger("tagi.backbones")
@@ -76,11 +76,13 @@ class T5Backbone(Backbone):
     def instruction_ids(self, instruction: str) -> list[int]:
         return self._ins(instruction) + [self.eos_id]
 
-    def encoder_ids(self, ex: Example, mode: PromptMode) -> list[int]:
+    def encoder_ids(self, ex: PromptExample, mode: PromptMode) -> list[int]:
         src = self._tok(ex.source)[-self.cfg.max_input_tokens :]
         return (self._ins(ex.instruction) if mode == "concat" else []) + src + [self.eos_id]
 
-    def collate(self, examples: Sequence[Example], mode: PromptMode, add_eos: bool = True) -> ModelBatch:
+    def collate(
+        self, examples: Sequence[PromptExample], mode: PromptMode, add_eos: bool = True
+    ) -> ModelBatch:
         ids, mask = pad_right([self.encoder_ids(e, mode) for e in examples], self.pad_id)
         tgts = [
             self._tok(e.target)[: self.cfg.max_target_tokens] + ([self.eos_id] if add_eos else [])
