@@ -124,9 +124,21 @@ class TrainConfig:
     log_every: int = field_(10, "Steps between log lines.")
     ckpt_every: int = field_(50, "Steps between atomic checkpoints (0 = only at the end).")
     num_threads: int = field_(0, "torch threads (0 = leave torch's default).")
+    length_grouping: int = field_(
+        16,
+        "Length-grouped batching: examples are sorted by length within windows of this many optimiser "
+        "steps, so micro-batches hold examples of similar length (1 = sort only within each step).",
+    )
+    progress_bar: bool = field_(True, "Show a progress bar (loss terms, tokens/s, memory) on stderr.")
+    tensorboard: bool = field_(
+        False,
+        "Also write TensorBoard scalars next to the JSONL log, under tensorboard/ (needs the tensorboard package).",
+    )
 
     def __post_init__(self) -> None:
         _check(self.max_steps > 0, f"max_steps must be > 0, got {self.max_steps}")
+        _check(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}")
+        _check(self.length_grouping > 0, f"length_grouping must be > 0, got {self.length_grouping}")
         _check(self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size}")
         _check(self.grad_accum > 0, f"grad_accum must be > 0, got {self.grad_accum}")
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -197,10 +209,14 @@ class TeachersConfig:
     )
     rank: int = field_(8, "Teacher LoRA rank.")
     alpha: float = field_(16.0, "Teacher LoRA alpha.")
+    num_pos: int = field_(
+        2, "Positive examples in the teacher's in-context instruction (paper: 2, 'Def+2Pos')."
+    )
     train: TrainConfig = field_(TrainConfig(max_steps=60, lr=1e-3), "Training settings per teacher.")
 
     def __post_init__(self) -> None:
         _check(self.rank > 0 and self.alpha > 0, "teachers.rank and teachers.alpha must be > 0")
+        _check(self.num_pos >= 0, f"teachers.num_pos must be >= 0, got {self.num_pos}")
 
 
 @dataclass
@@ -210,7 +226,17 @@ class PretrainConfig:
     enabled: bool = field_(True, "Run hypernetwork pretraining.")
     text_files: list[str] = field_([], "Plain-text / JSONL files; empty = the training tasks' texts.")
     segment_tokens: int = field_(96, "Tokens per pretraining sequence before the a/b/c cut.")
+    min_segment_tokens: int = field_(
+        8, "Each of a, b, c gets at least this many tokens (a third of the sequence if it is shorter)."
+    )
+    text_field: str = field_("text", "Field holding the text in JSONL files and hf: datasets.")
+    max_docs: int = field_(10_000, "Documents read from each hf:<dataset> source (streamed).")
     train: TrainConfig = field_(TrainConfig(max_steps=100, lr=1e-3), "Training settings.")
+
+    def __post_init__(self) -> None:
+        _check(self.segment_tokens >= 3, f"pretrain.segment_tokens must be >= 3, got {self.segment_tokens}")
+        _check(self.min_segment_tokens >= 1, "pretrain.min_segment_tokens must be >= 1")
+        _check(self.max_docs > 0, f"pretrain.max_docs must be > 0, got {self.max_docs}")
 
 
 @dataclass
@@ -220,7 +246,33 @@ class FinetuneConfig:
     fusion: bool = field_(True, "Fuse the instruction (T5: FiD; decoder-only: cached prompt prefix).")
     use_pretrained: bool = field_(True, "Start from the pretrained hypernetwork (stage 1) when it exists.")
     loss: LossConfig = field_(LossConfig(), "Loss weights.")
+    student_num_pos: list[int] = field_(
+        [0, 2],
+        "Positive examples in the student's instruction, drawn per example and epoch from this list, so "
+        "one hypernetwork serves both the 'Def' (0) and 'Def+2Pos' (2) evaluations.",
+    )
+    hyper_input: Literal["instruction", "empty"] = field_(
+        "instruction",
+        "What the hypernetwork reads: the task's instruction, or one constant empty text for every task (the "
+        "'without hypernetwork' ablation: one learned adapter; fusion still shows the model the instruction).",
+    )
+    teacher_cache: bool = field_(
+        False,
+        "Compute the teacher's top-k logits (loss.kl_topk) once per training example before training and "
+        "store them under <stage>/teacher_cache/ instead of running the teacher at every step.",
+    )
     train: TrainConfig = field_(TrainConfig(max_steps=200, lr=1e-3), "Training settings.")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.student_num_pos), "finetune.student_num_pos must not be empty")
+        _check(
+            all(k >= 0 for k in self.student_num_pos),
+            f"finetune.student_num_pos must be >= 0, got {self.student_num_pos}",
+        )
+        _check(
+            not self.teacher_cache or self.loss.kl == 0 or self.loss.kl_topk > 0,
+            "finetune.teacher_cache needs finetune.loss.kl_topk > 0 (full-vocabulary logits are not cached)",
+        )
 
 
 @dataclass
@@ -232,10 +284,36 @@ class EvalConfig:
         [0, 2], "Numbers of positive examples to evaluate (0='Def', 2='Def+2Pos')."
     )
     batch_size: int = field_(16, "Instances per generation batch.")
+    batching: Literal["task", "mixed"] = field_(
+        "task",
+        "'task': one task per batch with one adapter (decoder-only models compute the instruction prefix's "
+        "key/value cache once per batch); 'mixed': batches mix tasks, each example carrying its own adapter.",
+    )
     efficiency: bool = field_(True, "Measure FLOPs and latency.")
+    efficiency_instances: int = field_(100, "Instances per task in the FLOPs comparison (paper: 100).")
+    rank_classification: bool = field_(
+        True, "Also score classification-like test tasks by rank classification (lowest option NLL)."
+    )
+    multitask_steps: int = field_(
+        0, "Steps of the multi-task LoRA baseline (0 = finetune.train.max_steps; teachers' other settings)."
+    )
+    oracle_steps: int = field_(0, "Steps of each oracle LoRA (0 = teachers.train.max_steps).")
+    oracle_instances: int = field_(
+        100, "Instances of each test task beyond the evaluated ones that train its oracle (upper bound)."
+    )
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, f"evaluate.batch_size must be > 0, got {self.batch_size}")
+        _check(bool(self.prompt_settings), "evaluate.prompt_settings must not be empty")
+        _check(
+            all(k >= 0 for k in self.prompt_settings),
+            f"evaluate.prompt_settings must be >= 0, got {self.prompt_settings}",
+        )
+        _check(len(set(self.methods)) == len(self.methods), "evaluate.methods lists a method twice")
+        for k in ("efficiency_instances", "oracle_instances"):
+            _check(getattr(self, k) > 0, f"evaluate.{k} must be > 0, got {getattr(self, k)}")
+        for k in ("multitask_steps", "oracle_steps"):
+            _check(getattr(self, k) >= 0, f"evaluate.{k} must be >= 0, got {getattr(self, k)}")
 
 
 @dataclass

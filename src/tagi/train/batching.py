@@ -1,0 +1,105 @@
+"""Which examples each optimiser step sees: a pure function of ``(seed, step)``, so resuming is exact.
+
+The data is an endless *stream*: epoch ``e`` is a seeded permutation of the ``N`` example indices, and
+the stream is epoch 0, then epoch 1, ... . One optimiser step consumes ``G = batch_size * grad_accum *
+world_size`` consecutive stream items (the global batch). Steps are formed in windows of
+``W = G * length_grouping`` items::
+
+    window w = stream[w*W : (w+1)*W]
+      -> sort by length (ties: stream order)           similar lengths end up side by side
+      -> cut into length_grouping step groups of G     one group = one optimiser step
+      -> shuffle the groups' order (seeded by w)       long and short steps alternate at random
+    step s -> window s // length_grouping, group order_w[s % length_grouping]
+
+Within a step's group (sorted by length), micro-batch ``j`` is ``group[j*B : (j+1)*B]``; rank ``r`` runs
+micro-batches ``m * world_size + r`` for ``m < grad_accum``. One process with ``grad_accum = A * P`` and
+``P`` processes with ``grad_accum = A`` therefore run exactly the same micro-batches.
+
+Nothing is stateful: the loader position saved in a checkpoint (``epoch``, ``position``) is derived from
+the step counter, and a resumed run recomputes the same batches. A dataset smaller than one step simply
+wraps into the next epoch.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import NamedTuple
+
+from tagi.errors import TagiError
+
+
+class Sample(NamedTuple):
+    """One stream item: the example's index in the dataset and the epoch it is drawn in."""
+
+    index: int
+    epoch: int
+
+
+class StepSampler:
+    """Length-grouped, seeded, resumable assignment of examples to optimiser steps and ranks."""
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        grad_accum: int,
+        world_size: int = 1,
+        seed: int = 0,
+        length_grouping: int = 16,
+    ) -> None:
+        if not lengths:
+            raise TagiError("no training examples")
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.grad_accum = grad_accum
+        self.world_size = world_size
+        self.seed = seed
+        self.length_grouping = length_grouping
+        self._perm = lru_cache(maxsize=4)(self._make_perm)
+        self._window = lru_cache(maxsize=2)(self._make_window)
+
+    @property
+    def step_size(self) -> int:
+        """Examples per optimiser step over all ranks (the global batch)."""
+        return self.batch_size * self.grad_accum * self.world_size
+
+    def _make_perm(self, epoch: int) -> list[int]:
+        order = list(range(len(self.lengths)))
+        random.Random(f"tagi-perm:{self.seed}:{epoch}").shuffle(order)
+        return order
+
+    def _item(self, pos: int) -> Sample:
+        n = len(self.lengths)
+        return Sample(self._perm(pos // n)[pos % n], pos // n)
+
+    def _make_window(self, w: int) -> tuple[list[list[Sample]], list[int]]:
+        g, size = self.step_size, self.step_size * self.length_grouping
+        start = w * size
+        items = [self._item(p) for p in range(start, start + size)]
+        order = sorted(range(size), key=lambda i: (self.lengths[items[i].index], i))
+        groups = [[items[i] for i in order[k * g : (k + 1) * g]] for k in range(self.length_grouping)]
+        shuffled = list(range(self.length_grouping))
+        random.Random(f"tagi-window:{self.seed}:{w}").shuffle(shuffled)
+        return groups, shuffled
+
+    def step_samples(self, step: int) -> list[Sample]:
+        """The global batch of optimiser step ``step`` (0-based), sorted by length."""
+        groups, order = self._window(step // self.length_grouping)
+        return groups[order[step % self.length_grouping]]
+
+    def rank_batches(self, step: int, rank: int = 0) -> list[list[Sample]]:
+        """The ``grad_accum`` micro-batches that rank ``rank`` runs at step ``step``."""
+        group, b = self.step_samples(step), self.batch_size
+        chunks = [group[j * b : (j + 1) * b] for j in range(self.grad_accum * self.world_size)]
+        return [chunks[m * self.world_size + rank] for m in range(self.grad_accum)]
+
+    def position(self, step: int) -> tuple[int, int]:
+        """``(epoch, index within the epoch)`` of the stream after ``step`` optimiser steps.
+
+        Exact at window boundaries; inside a window the steps run in shuffled order (informational only:
+        resuming needs just the step counter).
+        """
+        pos = step * self.step_size
+        return pos // len(self.lengths), pos % len(self.lengths)

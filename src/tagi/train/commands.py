@@ -1,0 +1,107 @@
+"""CLI entry points of the training stages (``tagi train-teachers | pretrain | finetune | run``).
+
+Each is a plain function — callable from Python as well — taking a YAML config and ``key=value``
+overrides. Data-parallel training: the same command under ``torchrun``, e.g.
+``torchrun --nproc_per_node 2 -m tagi.cli finetune configs/tiny.yaml`` (gloo on CPU, NCCL on GPUs).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+from tagi.config import load_config
+from tagi.train import dist, stages
+
+log = logging.getLogger("tagi.train")
+
+
+def train_teachers(
+    config: str, overrides: list[str] | None = None, resume: bool = False, force: bool = False
+) -> int:
+    """Stage 0: train one LoRA teacher per task category (or per task) with the instruction in context.
+
+    Args:
+        config: YAML config file (e.g. configs/tiny.yaml)
+        overrides: key=value config overrides, e.g. teachers.train.max_steps=20
+        resume: continue an interrupted run from its last checkpoint
+        force: delete the stage's outputs and train again
+    """
+    try:
+        out = stages.run_teachers(load_config(config, overrides), resume=resume, force=force)
+        log.info("teachers: %s", out)
+    finally:
+        dist.cleanup()
+    return 0
+
+
+def pretrain(
+    config: str, overrides: list[str] | None = None, resume: bool = False, force: bool = False
+) -> int:
+    """Stage 1: pretrain the hypernetwork on plain text (reads segment a, the adapted model predicts c from b).
+
+    Args:
+        config: YAML config file
+        overrides: key=value config overrides, e.g. pretrain.train.max_steps=100
+        resume: continue an interrupted run from its last checkpoint
+        force: delete the stage's outputs and train again
+    """
+    try:
+        out = stages.run_pretrain(load_config(config, overrides), resume=resume, force=force)
+        log.info("pretrain: %s", out)
+    finally:
+        dist.cleanup()
+    return 0
+
+
+def finetune(
+    config: str, overrides: list[str] | None = None, resume: bool = False, force: bool = False
+) -> int:
+    """Stage 2: finetune the hypernetwork with CE + KL to the teachers + adapter alignment.
+
+    Args:
+        config: YAML config file
+        overrides: key=value config overrides, e.g. finetune.loss.kl=0
+        resume: continue an interrupted run from its last checkpoint
+        force: delete the stage's outputs and train again
+    """
+    try:
+        out = stages.run_finetune(load_config(config, overrides), resume=resume, force=force)
+        log.info("finetune: %s", out)
+    finally:
+        dist.cleanup()
+    return 0
+
+
+def run(
+    config: str,
+    overrides: list[str] | None = None,
+    resume: bool = True,
+    force: bool = False,
+    skip_eval: bool = False,
+) -> int:
+    """Run every stage of a config in order (finished stages are skipped), then the evaluation.
+
+    Args:
+        config: YAML config file
+        overrides: key=value config overrides, e.g. out_dir=runs/try2
+        resume: continue interrupted stages from their last checkpoint (default on)
+        force: delete all stages' outputs and train again
+        skip_eval: train only; do not run the evaluation
+    """
+    cfg = load_config(config, overrides)
+    try:
+        info = dist.init_distributed()
+        bb = stages.get_backbone(cfg)
+        stages.run_all(cfg, bb, resume=resume, force=force)
+        if skip_eval or not info.is_main:
+            return 0
+        if importlib.util.find_spec("tagi.evaluate.harness") is None:
+            log.info("evaluation is not available in this installation; training finished")
+            return 0
+        from tagi.evaluate.harness import run_evaluation
+
+        run_evaluation(cfg, bb)
+    finally:
+        dist.cleanup()
+    return 0

@@ -1,0 +1,108 @@
+"""Helpers shared by the stages: the training tasks of a config, length proxies, token counts, DONE.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import tempfile
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tagi.backbones import Backbone, PromptExample
+from tagi.backbones.base import ModelBatch
+from tagi.config import ExperimentConfig, to_dict
+from tagi.data.select import load_tasks, split_validation
+from tagi.data.sni import Task
+
+log = logging.getLogger("tagi.train")
+DONE = "DONE.json"
+
+
+def training_tasks(cfg: ExperimentConfig) -> tuple[list[Task], list[Task]]:
+    """``(train, validation)`` tasks: the config's training split minus ``data.validation_tasks`` held out."""
+    tasks = load_tasks(cfg.data, "train")
+    return split_validation(tasks, cfg.data.validation_tasks, seed=cfg.data.seed)
+
+
+def example_lengths(backbone: Backbone, examples: Sequence[PromptExample], instruction: bool) -> list[int]:
+    """Token counts of ``[instruction +] source + target`` per example (a length proxy for batching)."""
+    texts = [(e.instruction if instruction else "") + e.source + e.target for e in examples]
+    return [len(ids) for ids in backbone.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def batch_tokens(batch: ModelBatch, family: str) -> int:
+    """Tokens a forward pass processes: the (encoder) input, plus the decoder labels of seq2seq models."""
+    n = int(batch.attention_mask.sum())
+    if batch.fuse_mask is not None:
+        n += int(batch.fuse_mask.sum())
+    return n + (batch.num_label_tokens if family == "seq2seq" else 0)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "tagi"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON to a temporary file in the same folder, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+TEST_ONLY_DATA = ("max_test_instances", "max_test_tasks")
+RUN_ONLY_TRAIN = ("log_every", "ckpt_every", "num_threads", "progress_bar", "tensorboard")
+_STAGE_SECTIONS = {
+    "teachers": ("model", "data", "teachers"),
+    "pretrain": ("model", "hyper", "data", "pretrain"),
+    "finetune": ("model", "hyper", "data", "teachers", "finetune"),
+}
+
+
+def _strip_run_only(section: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in section.items():
+        if k == "train" and isinstance(v, dict):
+            v = {tk: tv for tk, tv in v.items() if tk not in RUN_ONLY_TRAIN}
+        out[k] = _strip_run_only(v) if isinstance(v, dict) and k != "train" else v
+    return out
+
+
+def stage_settings(config: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The part of a config (``to_dict`` form) that a stage's outputs depend on.
+
+    Test-only data keys and logging/checkpointing/thread settings are left out, so changing them neither
+    invalidates a finished stage nor blocks resuming an interrupted one.
+    """
+    out: dict[str, Any] = {"seed": config["seed"]}
+    for name in _STAGE_SECTIONS[stage]:
+        section = _strip_run_only(config[name])
+        if name == "data":
+            section = {k: v for k, v in section.items() if k not in TEST_ONLY_DATA}
+        out[name] = section
+    return out
+
+
+def is_done(stage_dir: Path) -> bool:
+    return (stage_dir / DONE).is_file()
+
+
+def write_done(stage_dir: Path, stage: str, cfg: ExperimentConfig, summary: dict[str, Any]) -> None:
+    """Mark a stage complete: timings, losses, the config, seed and package versions (written last)."""
+    record = {"stage": stage, **summary, "seed": cfg.seed, "config": to_dict(cfg), "versions": versions()}
+    write_json_atomic(stage_dir / DONE, record)
+
+
+def read_done(stage_dir: Path) -> dict[str, Any]:
+    return json.loads((stage_dir / DONE).read_text())

@@ -1,0 +1,355 @@
+"""The one training loop shared by every stage (teachers, pretraining, finetuning).
+
+A stage supplies an :class:`Objective` — how to turn a list of :class:`~tagi.train.batching.Sample` s into
+a :class:`MicroBatch` and a micro-batch into loss :class:`Term` s — and the loop does the rest:
+
+- **Token-normalised loss with gradient accumulation.** Terms are *sums* over a micro-batch's label tokens
+  (``per="token"``: CE, KL) or examples (``per="example"``: adapter alignment). Before any forward pass the
+  loop collates all micro-batches of the optimiser step and counts their label tokens ``N_tok`` and
+  examples ``N_ex`` (summed over ranks), then backpropagates, micro-batch by micro-batch::
+
+      L = sum_terms  weight * (sum over the whole step of the term) / N_per
+
+  so the gradient equals that of one big batch however the step is split over micro-batches and ranks.
+- **Data parallelism.** Each rank runs its share of the step's micro-batches
+  (:class:`~tagi.train.batching.StepSampler`); the gradients of the summed loss are all-reduced (summed),
+  so ``P`` processes give the same update as one process with the same global batch.
+- AdamW (torch) or Adafactor (transformers), linear warmup then cosine decay to ``lr * min_lr_ratio``
+  (``transformers.get_cosine_with_min_lr_schedule_with_warmup``), gradient-norm clipping, bf16 autocast.
+- A tqdm bar (each loss term, tokens/s, memory), a JSONL log (``step 1``, every ``log_every`` steps, the
+  last step; each record averages the steps since the previous one), optional TensorBoard scalars.
+- Atomic checkpoints every ``ckpt_every`` steps and at the end (:mod:`tagi.train.checkpoint`); with
+  ``resume=True`` the run continues from the saved state and ends with bitwise the same weights as an
+  uninterrupted run (same device, same thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
+from transformers.optimization import Adafactor
+
+from tagi.config import TrainConfig, to_dict
+from tagi.errors import TagiError
+from tagi.train import dist
+from tagi.train.batching import Sample, StepSampler
+from tagi.train.checkpoint import check_fingerprint, find_state, load_state, save_state
+from tagi.train.common import RUN_ONLY_TRAIN
+
+logger = logging.getLogger("tagi.train")
+
+
+@dataclass
+class Term:
+    """One loss term of a micro-batch: a sum, its weight, and what it is normalised by over the step."""
+
+    value: torch.Tensor  # scalar: sum over the micro-batch's label tokens or examples
+    weight: float
+    per: Literal["token", "example"] = "token"
+
+
+@dataclass
+class MicroBatch:
+    """A collated micro-batch plus the counts the loop needs before running it."""
+
+    data: Any
+    num_label_tokens: int  # normaliser of per="token" terms
+    num_examples: int  # normaliser of per="example" terms
+    num_tokens: int  # every token processed (prompt + labels; throughput only)
+
+
+class Objective(Protocol):
+    """What a stage trains: data preparation and loss terms (the loop owns everything else)."""
+
+    def prepare(self, samples: Sequence[Sample]) -> MicroBatch: ...
+
+    def terms(self, batch: MicroBatch) -> dict[str, Term]: ...
+
+
+@dataclass
+class LoopResult:
+    """Summary of a finished run (recorded in the stage's DONE.json)."""
+
+    steps: int
+    wall_time: float
+    tokens: int
+    tokens_per_s: float
+    peak_memory_mb: float
+    first: dict[str, float] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)
+    resumed_from: int = 0
+    world_size: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "wall_time_s": round(self.wall_time, 3),
+            "tokens": self.tokens,
+            "tokens_per_s": round(self.tokens_per_s, 1),
+            "peak_memory_mb": round(self.peak_memory_mb, 1),
+            "losses": {"first": self.first, "last": self.last},
+            "resumed_from": self.resumed_from,
+            "world_size": self.world_size,
+        }
+
+
+# ------------------------------------------------------------------------------------- building blocks
+
+
+def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adafactor":
+        return Adafactor(
+            params,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            scale_parameter=False,
+            relative_step=False,
+            warmup_init=False,
+        )
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over ``ceil(warmup_ratio * max_steps)`` steps, then cosine decay to ``lr * min_lr_ratio``."""
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer,
+        num_warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps),
+        num_training_steps=cfg.max_steps,
+        min_lr_rate=cfg.min_lr_ratio,
+    )
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocator peak on GPU, peak resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+
+
+def fingerprint_train(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings a resumed run must share with the saved one (logging and threads may change)."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in RUN_ONLY_TRAIN}
+
+
+class RunLog:
+    """JSONL log (rank 0) plus optional TensorBoard scalars; a resumed run keeps the records up to its step."""
+
+    def __init__(self, path: Path | None, tensorboard_dir: Path | None, resume_step: int | None) -> None:
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            kept = []
+            if resume_step is not None and path.is_file():
+                kept = [
+                    r
+                    for r in path.read_text().splitlines()
+                    if r and json.loads(r).get("step", 0) <= resume_step
+                ]
+            path.write_text("".join(r + "\n" for r in kept))
+        self.tb = None
+        if tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise TagiError(
+                    "train.tensorboard=true needs the tensorboard package: pip install tensorboard"
+                ) from None
+            self.tb = SummaryWriter(log_dir=str(tensorboard_dir), purge_step=resume_step)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, int | float):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+
+def _step_counts(batches: list[MicroBatch], info: dist.DistInfo, device: torch.device) -> tuple[float, ...]:
+    """Label tokens, examples and processed tokens of the whole optimiser step, summed over ranks."""
+    local = [sum(b.num_label_tokens for b in batches), sum(b.num_examples for b in batches)]
+    local.append(sum(b.num_tokens for b in batches))
+    counts = dist.all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=device), info)
+    return tuple(float(c) for c in counts.tolist())
+
+
+def _accumulate(
+    objective: Objective, batches: list[MicroBatch], norm: dict[str, float], bf16: bool, device: torch.device
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Forward and backward of this rank's micro-batches of one step (gradients accumulate in ``.grad``).
+
+    Returns each term's normalised, unweighted value summed over the micro-batches, and the terms' weights.
+    """
+    sums: dict[str, torch.Tensor] = {}
+    weights: dict[str, float] = {}
+    for batch in batches:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            terms = objective.terms(batch)
+        loss = sum(t.weight * t.value.float() / norm[t.per] for t in terms.values())
+        loss.backward()
+        for name, t in terms.items():
+            sums[name] = sums.get(name, 0.0) + t.value.detach().float() / norm[t.per]
+            weights[name] = t.weight
+    return sums, weights
+
+
+class _Window:
+    """Averages of the per-step values since the last log record, and the window's throughput."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.steps, self.tokens, self.seconds = 0, 0.0, 0.0
+
+    def add(self, record: dict[str, float], tokens: float, seconds: float) -> None:
+        for k, v in record.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.steps, self.tokens, self.seconds = self.steps + 1, self.tokens + tokens, self.seconds + seconds
+
+    def flush(self) -> tuple[dict[str, float], float]:
+        avg = {k: v / self.steps for k, v in self.sums.items()}
+        tokens_per_s = self.tokens / max(self.seconds, 1e-9)
+        self.sums, self.steps, self.tokens, self.seconds = {}, 0, 0.0, 0.0
+        return avg, tokens_per_s
+
+
+def train_loop(
+    module: nn.Module,
+    objective: Objective,
+    lengths: Sequence[int],
+    cfg: TrainConfig,
+    *,
+    seed: int = 0,
+    state_dir: Path | None = None,
+    log_path: Path | None = None,
+    resume: bool = False,
+    fingerprint: dict[str, Any] | None = None,
+    desc: str = "train",
+    info: dist.DistInfo | None = None,
+) -> LoopResult:
+    """Train the trainable parameters of ``module`` on ``objective`` for ``cfg.max_steps`` optimiser steps.
+
+    ``lengths[i]`` is a length proxy of example ``i`` (for length-grouped batches). ``state_dir`` receives
+    checkpoints; with ``resume=True`` a state found there is restored first (its ``fingerprint`` — the
+    settings that define the run — must equal ``fingerprint``). Every rank of a data-parallel group calls
+    this with the same arguments; rank 0 writes the files.
+    """
+    info = info or dist.current()
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise TagiError(f"{desc}: nothing to train (no parameter requires a gradient)")
+    device = params[0].device
+    torch.manual_seed(seed + info.rank)
+    optimizer = build_optimizer(params, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    sampler = StepSampler(lengths, cfg.batch_size, cfg.grad_accum, info.world_size, seed, cfg.length_grouping)
+    fingerprint = {"train": fingerprint_train(cfg), "seed": seed, **(fingerprint or {})}
+
+    trainer: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed": 0.0, "first": {}, "last": {}}
+    saved = find_state(state_dir) if (state_dir is not None and resume) else None
+    if saved is not None:
+        check_fingerprint(json.loads((saved / "trainer.json").read_text())["fingerprint"], fingerprint, saved)
+        trainer = load_state(saved, module, optimizer, scheduler, info)
+    dist.broadcast_module(module, info)
+    start = int(trainer["step"])
+    tb_dir = log_path.parent / "tensorboard" / log_path.stem if (cfg.tensorboard and log_path) else None
+    log = RunLog(
+        log_path if info.is_main else None, tb_dir if info.is_main else None, start if saved else None
+    )
+    module.train()
+    # a bar on a terminal; log lines at the log steps otherwise (CI logs, nohup)
+    use_bar = cfg.progress_bar and info.is_main and sys.stderr.isatty()
+    bar = tqdm(total=cfg.max_steps, initial=start, desc=desc, disable=not use_bar, dynamic_ncols=True)
+    window = _Window()
+    t_run = time.perf_counter()
+    for step in range(start, cfg.max_steps):
+        t0 = time.perf_counter()
+        batches = [objective.prepare(s) for s in sampler.rank_batches(step, info.rank)]
+        n_tok, n_ex, n_all = _step_counts(batches, info, device)
+        norm = {"token": max(n_tok, 1.0), "example": max(n_ex, 1.0)}
+        sums, weights = _accumulate(objective, batches, norm, cfg.precision == "bf16", device)
+        names = sorted(sums)
+        values = dist.all_reduce_sum(torch.stack([sums[k] for k in names]), info).tolist()
+        dist.all_reduce_grads(params, info)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        # ---- bookkeeping: bar, log window, checkpoint
+        done, dt, mem = step + 1, time.perf_counter() - t0, peak_memory_mb(device)
+        record = dict(zip(names, values))
+        record["loss"] = sum(weights[k] * record[k] for k in names)
+        if not math.isfinite(record["loss"]):
+            raise TagiError(
+                f"{desc}: the loss became {record['loss']} at step {done}; lower the learning rate"
+            )
+        window.add(record | {"grad_norm": float(grad_norm)}, n_all, dt)
+        trainer["tokens"] += int(n_all)
+        bar.update(1)
+        bar.set_postfix(
+            {k: f"{record[k]:.3f}" for k in names} | {"tok/s": f"{n_all / dt:.0f}", "mem": f"{mem:.0f}MB"}
+        )
+        if done == 1 or done % cfg.log_every == 0 or done == cfg.max_steps:
+            avg, tok_s = window.flush()
+            entry = {"step": done, "epoch": round(done * sampler.step_size / len(lengths), 4), "lr": lr}
+            entry |= {k: round(v, 6) for k, v in avg.items()} | {
+                "tokens_per_s": round(tok_s, 1),
+                "mem_mb": round(mem, 1),
+            }
+            log.write(entry)
+            if info.is_main and cfg.progress_bar and not use_bar:
+                shown = " ".join(f"{k}={avg[k]:.4f}" for k in names)
+                logger.info(
+                    "%s step %d/%d: %s tok/s=%.0f mem=%.0fMB", desc, done, cfg.max_steps, shown, tok_s, mem
+                )
+            trainer["first"] = trainer["first"] or {k: avg[k] for k in [*names, "loss"]}
+            trainer["last"] = {k: avg[k] for k in [*names, "loss"]}
+        if state_dir is not None and (
+            done == cfg.max_steps or (cfg.ckpt_every and done % cfg.ckpt_every == 0)
+        ):
+            epoch, position = sampler.position(done)
+            now = time.perf_counter()
+            trainer |= {"step": done, "epoch": epoch, "position": position, "world_size": info.world_size}
+            trainer |= {"elapsed": trainer["elapsed"] + now - t_run, "fingerprint": fingerprint}
+            t_run = now
+            save_state(state_dir, module, optimizer, scheduler, trainer, info)
+    bar.close()
+    log.close()
+    elapsed = trainer["elapsed"] + (time.perf_counter() - t_run)
+    tokens = int(trainer["tokens"])
+    return LoopResult(
+        steps=cfg.max_steps,
+        wall_time=elapsed,
+        tokens=tokens,
+        tokens_per_s=tokens / max(elapsed, 1e-9),
+        peak_memory_mb=peak_memory_mb(device),
+        first=dict(trainer["first"]),
+        last=dict(trainer["last"]),
+        resumed_from=start,
+        world_size=info.world_size,
+    )
