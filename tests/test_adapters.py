@@ -10,10 +10,10 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from conftest import random_adapter
 from tagi.adapters import load_adapter, save_adapter
 from tagi.backbones import PromptExample
 from tagi.lora import AdapterError, apply_lora
+from tagi_testing import random_adapter
 
 EX = [PromptExample("Definition: Copy.\n\n", "Input: abc.\nOutput: ", "abc")]
 

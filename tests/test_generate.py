@@ -13,7 +13,6 @@ from peft import PeftModel
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from conftest import random_adapter
 from tagi.adapters import save_adapter
 from tagi.backbones import PromptExample, load_backbone
 from tagi.config import HyperConfig, ModelConfig
@@ -21,6 +20,7 @@ from tagi.data import Example, Task, format_instruction, format_source
 from tagi.generate import SOURCE_TEMPLATE, Adapter, GenerateError, Tagi, definition_instruction
 from tagi.lora import AdapterError
 from tagi.model import CheckpointError, TagiModel
+from tagi_testing import random_adapter
 
 HYPER = HyperConfig(rank=4, hidden=32, module_embed_dim=8)
 INPUTS = ["hello world", "abc def", "The cat sat on the mat!"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
-from conftest import random_adapter
 from tagi.backbones import PromptExample
 from tagi.lora import AdapterError, LoraWeights, apply_lora, from_peft_state_dict, merged, to_peft_state_dict
+from tagi_testing import random_adapter
 
 EXAMPLES = [
     PromptExample(

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from conftest import random_adapter
 from tagi.lora import AdapterError, LoraWeights
 from tagi.losses import align_loss, ce_sum, kl_sum, kl_topk_sum, teacher_topk
+from tagi_testing import random_adapter
 
 
 def test_ce_sum_hand_computed():

@@ -6,10 +6,10 @@ import copy
 
 import torch
 
-from conftest import random_adapter
 from tagi.backbones import PromptExample
 from tagi.backbones.base import IGNORE
 from tagi.lora import apply_lora
+from tagi_testing import random_adapter
 
 INS = (
     "Definition: Copy the input word exactly.\n\n Positive PromptExample 1 -\nInput: sun.\n Output: sun.\n\n"

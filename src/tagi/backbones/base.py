@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from tagi.config import ModelConfig
+from tagi.config import ConfigError, ModelConfig
 from tagi.lora import LoraWeights
 
 PromptMode = Literal["concat", "fuse", "none"]
@@ -132,6 +132,18 @@ class Backbone(ABC):
         )
         if not self.targets:
             raise ValueError(f"no target modules found for {cfg.target_modules}")
+        self._check_context(getattr(model.config, "max_position_embeddings", None))
+
+    def _check_context(self, positions: int | None) -> None:
+        """Refuse token limits the model cannot attend to: instruction + input + target share one sequence
+        in a decoder-only model (models with relative positions, e.g. T5, have no hard limit)."""
+        c = self.cfg
+        total = c.max_instruction_tokens + c.max_input_tokens + c.max_target_tokens
+        if self.family == "causal" and positions and total > positions:
+            raise ConfigError(
+                f"model.max_instruction_tokens + max_input_tokens + max_target_tokens = {total} exceeds the "
+                f"context of {c.name} ({positions} positions)"
+            )
 
     # ---- structure
     @abstractmethod

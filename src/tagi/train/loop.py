@@ -145,6 +145,14 @@ def fingerprint_train(cfg: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in to_dict(cfg).items() if k not in RUN_ONLY_TRAIN}
 
 
+def _logged_step(line: str) -> float:
+    """The step of a log line; a line torn by a killed process (the last one) counts as after any resume."""
+    try:
+        return json.loads(line).get("step", 0) if line else math.inf
+    except json.JSONDecodeError:
+        return math.inf
+
+
 class RunLog:
     """JSONL log (rank 0) plus optional TensorBoard scalars; a resumed run keeps the records up to its step."""
 
@@ -154,11 +162,7 @@ class RunLog:
             path.parent.mkdir(parents=True, exist_ok=True)
             kept = []
             if resume_step is not None and path.is_file():
-                kept = [
-                    r
-                    for r in path.read_text().splitlines()
-                    if r and json.loads(r).get("step", 0) <= resume_step
-                ]
+                kept = [r for r in path.read_text().splitlines() if _logged_step(r) <= resume_step]
             path.write_text("".join(r + "\n" for r in kept))
         self.tb = None
         if tensorboard_dir is not None:
@@ -234,6 +238,36 @@ class _Window:
         return avg, tokens_per_s
 
 
+class NonFiniteLossError(TagiError):
+    """The loss or the gradient norm became inf/NaN; the weights were not updated by that step."""
+
+
+def _check_finite(
+    desc: str,
+    step: int,
+    names: list[str],
+    values: list[float],
+    weights: dict[str, float],
+    grad_norm: float,
+    samples: list[list[Sample]],
+) -> None:
+    """Stop before the optimiser applies a non-finite update, naming the step, the terms and the examples."""
+    loss = sum(weights[k] * v for k, v in zip(names, values))
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    terms = ", ".join(f"{k}={v}" for k, v in zip(names, values))
+    what = (
+        f"the loss became {loss} ({terms})"
+        if not math.isfinite(loss)
+        else f"the gradient norm became {grad_norm}"
+    )
+    indices = [s.index for batch in samples for s in batch]
+    raise NonFiniteLossError(
+        f"{desc}: {what} at step {step} (batch of examples {indices}); not applied, the last checkpoint "
+        "is kept: lower the learning rate or check these examples, then resume"
+    )
+
+
 def train_loop(
     module: nn.Module,
     objective: Objective,
@@ -287,7 +321,8 @@ def train_loop(
     t_run = time.perf_counter()
     for step in range(start, cfg.max_steps):
         t0 = time.perf_counter()
-        batches = [objective.prepare(s) for s in sampler.rank_batches(step, info.rank)]
+        samples = sampler.rank_batches(step, info.rank)
+        batches = [objective.prepare(s) for s in samples]
         n_tok, n_ex, n_all = _step_counts(batches, info, device)
         norm = {"token": max(n_tok, 1.0), "example": max(n_ex, 1.0)}
         sums, weights = _accumulate(objective, batches, norm, cfg.precision == "bf16", device)
@@ -295,6 +330,7 @@ def train_loop(
         values = dist.all_reduce_sum(torch.stack([sums[k] for k in names]), info).tolist()
         dist.all_reduce_grads(params, info)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
+        _check_finite(desc, step + 1, names, values, weights, float(grad_norm), samples)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -304,10 +340,6 @@ def train_loop(
         done, dt, mem = step + 1, time.perf_counter() - t0, peak_memory_mb(device)
         record = dict(zip(names, values))
         record["loss"] = sum(weights[k] * record[k] for k in names)
-        if not math.isfinite(record["loss"]):
-            raise TagiError(
-                f"{desc}: the loss became {record['loss']} at step {done}; lower the learning rate"
-            )
         window.add(record | {"grad_norm": float(grad_norm)}, n_all, dt)
         trainer["tokens"] += int(n_all)
         bar.update(1)
