@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import shutil
 import signal
@@ -58,7 +59,9 @@ def check_visible_files(stage_dir: Path, backbone, seen: set) -> int:
     ``seen`` holds (path, inode, size, mtime) of files already checked: only new or changed files are read.
     """
     checked = 0
-    for path in list(stage_dir.rglob("*")):
+    # os.walk, unlike Path.rglob, tolerates folders renamed away while it walks (the child keeps writing)
+    walked = [Path(root) / n for root, dirs, files in os.walk(stage_dir) for n in (*dirs, *files)]
+    for path in walked:
         parts = path.relative_to(stage_dir).parts
         if any(p.startswith(".") for p in parts) or not path.is_file():
             continue  # temporaries (.state.tmp, .final.old-*, .DONE.json.xyz) are invisible by design
@@ -100,7 +103,8 @@ def progress(stage: str, stage_dir: Path) -> int:
     if stage != "teachers":
         return step(stage_dir / "state" / "trainer.json")
     finished = sum(1 for p in stage_dir.glob("*/tagi.json"))
-    return 1000 * finished + sum(step(p) for p in stage_dir.glob("state/*/trainer.json"))
+    current = [p for p in stage_dir.glob("state/*/trainer.json") if not p.parent.name.startswith(".")]
+    return 1000 * finished + sum(step(p) for p in current)  # (pathlib's * also matches .temporaries)
 
 
 def kill_repeatedly(stage: str, out: Path, backbone, rng: random.Random) -> tuple[int, int]:

@@ -1,0 +1,327 @@
+"""Evaluation outputs: ``results.json``, ``predictions.jsonl``, ``report.md`` and PNG plots.
+
+Every file is written atomically (a temporary file in the same folder, then ``os.replace``), so a reader
+never sees a half-written report. Plots use matplotlib's Agg backend (no display needed):
+
+- ``methods.png``: Rouge-L of every method, one bar per prompt setting (Def, Def+2Pos);
+- ``categories.png``: Rouge-L per category (heat map: methods × categories), one panel per setting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PAPER_REFERENCE = """\
+| method | Def Base 250M | Def XL 3B | Def XXL 11B | Def+2Pos Base | Def+2Pos XL | Def+2Pos XXL | rel. FLOPs |
+|---|---|---|---|---|---|---|---|
+| no finetune | 8.8 | 14.3 | 26.2 | 9.4 | 13.6 | 30.5 | 1.0 |
+| Tk-Instruct | 35.3 | 48.0 | 53.6 | 42.1 | 54.0 | 62.0 | 1.0 |
+| HyperTuning | – | 38.9 | – | – | 48.6 | – | 0.34 |
+| HINT | 33.3 | 47.2 | 51.1 | 41.8 | 53.2 | 56.4 | 0.37 |
+| TAGI | 35.3 | 48.4 | 52.3 | 42.5 | 56.3 | 58.4 | 0.39 |
+
+Ablation (T5-XL, Def / Def+2Pos): full 48.4 / 56.3; w/o fusion 35.1 / 40.6; w/o KL 45.7 / 53.9;
+w/o pretraining 47.1 / 55.6; w/o L_align 47.5 / 55.2; w/o CE 47.6 / 55.4.
+"""
+_PACKAGES = ("tagi", "torch", "transformers", "peft", "safetensors", "rouge-score", "numpy", "matplotlib")
+_WALL_KEYS = ("wall_time_s", "wall_s", "seconds", "wall_time", "elapsed_s", "time_s")
+
+
+# ---------------------------------------------------------------------------------------- files
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def stage_times(out_dir: Path) -> dict[str, dict]:
+    """The ``DONE.json`` of every finished training stage of a run (main stages, variants, baselines)."""
+    found = {}
+    paths = [out_dir / s / "DONE.json" for s in ("teachers", "pretrain", "finetune")]
+    paths += sorted(out_dir.glob("methods/*/DONE.json")) + sorted(out_dir.glob("methods/oracle/*/DONE.json"))
+    for path in paths:
+        if path.is_file():
+            try:
+                found[str(path.parent.relative_to(out_dir))] = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                found[str(path.parent.relative_to(out_dir))] = {"error": "unreadable DONE.json"}
+    return found
+
+
+def wall_seconds(done: dict) -> float | None:
+    """The wall time recorded in a stage's ``DONE.json`` (whichever key the stage used)."""
+    for key in _WALL_KEYS:
+        if isinstance(done.get(key), int | float):
+            return float(done[key])
+    nested = [wall_seconds(v) for v in done.values() if isinstance(v, dict) and v is not done.get("config")]
+    found = [w for w in nested if w is not None]
+    return sum(found) if found else None
+
+
+# ---------------------------------------------------------------------------------------- tables
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _f(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def headline_table(results: dict) -> str:
+    """Methods × settings: Rouge-L and exact match (×100) on the unseen test tasks."""
+    settings = results["settings"]
+    header = ["method"] + [f"{s} {m}" for s in settings for m in ("Rouge-L", "EM")] + ["note"]
+    rows = []
+    for name, m in results["methods"].items():
+        if "unavailable" in m:
+            rows.append([name] + ["n/a"] * (2 * len(settings)) + [f"unavailable: {m['unavailable']}"])
+            continue
+        cells = []
+        for s in settings:
+            o = m["scores"][s]["overall"]
+            cells += [_f(o["rougeL"]), _f(o["exact_match"])]
+        rows.append(
+            [name, *cells, "" if m["spec"]["zero_shot"] else "upper bound (trained on the test task)"]
+        )
+    return _table(header, rows)
+
+
+def category_tables(results: dict) -> str:
+    parts = []
+    for s in results["settings"]:
+        avail = {n: m for n, m in results["methods"].items() if "scores" in m}
+        if not avail:
+            break
+        cats = list(next(iter(avail.values()))["scores"][s]["per_category"])
+        rows = [
+            [n] + [_f(m["scores"][s]["per_category"][c]["rougeL"]) for c in cats] for n, m in avail.items()
+        ]
+        parts.append(f"**{s}** (Rouge-L)\n\n" + _table(["method", *cats], rows))
+    return "\n\n".join(parts)
+
+
+def rank_table(results: dict) -> str:
+    """Rank-classification accuracy per method and setting ("" when no test task was scored that way)."""
+    settings, rows, tasks = results["settings"], [], set()
+    for name, m in results["methods"].items():
+        ranks = [m["scores"][s]["rank_classification"] if "scores" in m else {} for s in settings]
+        tasks.update(t for r in ranks for t in r.get("per_task", {}))
+        rows.append([name, *[_f(r.get("accuracy")) for r in ranks]])
+    if not tasks:
+        return ""
+    note = f"Tasks scored (options = the task's label set): {', '.join(sorted(tasks))}.\n\n"
+    return note + _table(["method", *[f"{s} accuracy" for s in settings]], rows)
+
+
+def efficiency_tables(results: dict) -> str:
+    eff, parts = results.get("efficiency"), []
+    if eff:
+        chk = eff["check"]
+        rows = [
+            [r["scenario"], r["setting"], _f(r["gflops_per_task"], 2), _f(r["relative"], 3)]
+            for r in eff["scenarios"]
+        ]
+        parts.append(
+            f"FLOPs to process one task of {eff['instances_per_task']} instances (mean over the test tasks), "
+            f"relative to {eff['baseline']}; every method is charged the reference output length + EOS as "
+            "generated tokens. Analytic count, checked against torch's FlopCounterMode on one forward pass: "
+            f"{chk['analytic']} vs {chk['flop_counter']} FLOPs "
+            f"(relative error {chk['relative_error']:.1e}).\n\n"
+            + _table(["scenario", "instruction", "GFLOPs / task", "relative"], rows)
+        )
+    rows = []
+    for name, m in results["methods"].items():
+        for s, sc in m.get("scores", {}).items():
+            t = sc["timing"]
+            latency = t.get("adapter_latency_s_mean")
+            rows.append([name, s, _f(1000 * t["s_per_instance"], 0), _f(latency and 1000 * latency, 1)])
+    if rows:
+        parts.append(
+            "Measured wall-clock on this machine (batched greedy generation; adapter generation = "
+            "instruction encoding + one hypernetwork call):\n\n"
+            + _table(["method", "setting", "ms / instance", "adapter generation ms / task"], rows)
+        )
+    return "\n\n".join(parts)
+
+
+def stage_table(results: dict) -> str:
+    """Training stages (from their DONE.json) and the evaluation's own steps."""
+    rows = [[f"train: {name}", _f(wall_seconds(done), 1)] for name, done in results["stages"].items()]
+    timing = results["evaluation_timing"]
+    rows += [[f"evaluate: {k}", _f(v, 1)] for k, v in timing["evaluate_s"].items()]
+    rows += [
+        ["evaluate: efficiency (FLOPs)", _f(timing.get("efficiency_s"), 1)],
+        ["evaluation total (incl. training it triggered)", _f(timing["total_s"], 1)],
+    ]
+    m = timing.get("machine", {})
+    note = (
+        f"\n\nMachine: {m.get('cpus')} CPUs, {m.get('torch_threads')} torch threads, load average "
+        f"{_f(m.get('load_average_start'))} at the start and {_f(m.get('load_average_end'))} at the end "
+        "of the evaluation (other processes slow every wall-clock number here down)."
+    )
+    return _table(["step", "wall time (s)"], rows) + (note if m else "")
+
+
+def methods_table(results: dict) -> str:
+    rows = []
+    for name, m in results["methods"].items():
+        spec = m["spec"]
+        notes = m.get("unavailable", "")
+        if "trained_on" in m.get("info", {}):
+            notes = "oracle trained on: " + "; ".join(f"{t}: {d}" for t, d in m["info"]["trained_on"].items())
+        rows.append([name, spec["summary"], spec["adapter"], m.get("mode", spec["mode"]), spec["instruction"],
+                     ", ".join(spec["train_overrides"]) or "–", notes])  # fmt: skip
+    return _table(
+        ["method", "what it is", "adapter", "prompt mode", "instruction", "training overrides", "notes"], rows
+    )
+
+
+def render_markdown(results: dict) -> str:
+    cfg = results["config"]
+    tasks = results["test_tasks"]
+    n_inst = sorted({t["instances"] for t in tasks})
+    data = cfg["data"]["source"] + (f" ({cfg['data']['sni_dir']})" if cfg["data"]["source"] == "sni" else "")
+    sections = [
+        "# TAGI evaluation report",
+        f"Base model **{cfg['model']['name']}** · data **{data}**: {len(tasks)} unseen test tasks, "
+        f"{'/'.join(map(str, n_inst))} instances each · seed {results['seed']} · {results['created']}.\n"
+        f"Produced by: `{results.get('command', '')}`. Greedy decoding; metric = the official SNI scorer "
+        "(Rouge-L F and exact match, ×100). Files: `results.json` (everything), `predictions.jsonl`, "
+        "`methods.png`, `categories.png`.",
+        "## Headline: unseen tasks\n\n" + headline_table(results),
+        "## Per category\n\n" + category_tables(results),
+    ]
+    rank = rank_table(results)
+    if rank:
+        sections.append("## Rank classification (token-averaged NLL of each option)\n\n" + rank)
+    sections += [
+        "## Efficiency\n\n" + efficiency_tables(results),
+        "## Wall time per stage\n\n" + stage_table(results),
+        "## Methods\n\n" + methods_table(results),
+        "## For context: the paper's numbers (different base models and data)\n\n"
+        "Liao et al. 2024, Rouge-L on the 119 SNI test tasks with T5-LM / T0 backbones of 250M–11B "
+        "parameters; **not comparable** to the numbers above (other model, other tasks).\n\n"
+        + PAPER_REFERENCE,
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+# ---------------------------------------------------------------------------------------- plots
+
+
+def plot_methods(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, m in results["methods"].items() if "scores" in m]
+    settings = results["settings"]
+    width = 0.8 / len(settings)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(names) + 2), 4.2))
+    for j, s in enumerate(settings):
+        vals = [results["methods"][n]["scores"][s]["overall"]["rougeL"] for n in names]
+        xs = [i + (j - (len(settings) - 1) / 2) * width for i in range(len(names))]
+        bars = ax.bar(xs, vals, width, label=s)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
+    ax.set_ylabel("Rouge-L (unseen tasks)")
+    ax.set_title(f"{results['config']['model']['name']}: methods side by side")
+    ax.legend()
+    fig.tight_layout()
+    _atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def plot_categories(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, m in results["methods"].items() if "scores" in m]
+    settings = results["settings"]
+    cats = list(results["methods"][names[0]]["scores"][settings[0]]["per_category"]) if names else []
+    fig, axes = plt.subplots(
+        1,
+        len(settings),
+        figsize=(max(6.0, 0.9 * len(cats) + 3) * len(settings), 0.4 * len(names) + 2.5),
+        squeeze=False,
+    )
+    for ax, s in zip(axes[0], settings):
+        grid = [
+            [results["methods"][n]["scores"][s]["per_category"][c]["rougeL"] for c in cats] for n in names
+        ]
+        ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if v < 60 else "black",
+                )
+        ax.set_xticks(range(len(cats)), cats, rotation=35, ha="right", fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_title(f"Rouge-L per category ({s})")
+    fig.tight_layout()
+    _atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def write_all(eval_dir: Path, results: dict, predictions: list[dict]) -> None:
+    """Write every output of an evaluation into ``eval_dir``."""
+    results.setdefault(
+        "command", shlex.join(["tagi" if sys.argv[0].endswith("tagi") else sys.argv[0], *sys.argv[1:]])
+    )
+    write_jsonl(eval_dir / "predictions.jsonl", predictions)
+    write_json(eval_dir / "results.json", results)
+    write_text(eval_dir / "report.md", render_markdown(results))
+    plot_methods(results, eval_dir / "methods.png")
+    plot_categories(results, eval_dir / "categories.png")

@@ -1,0 +1,130 @@
+"""The evaluation harness end to end on tiny models with real (very short) training.
+
+One run of every method is made per module; the other tests copy that run folder (its training stages are
+then skipped) and evaluate again with other settings.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from evalkit import single_thread, tiny_config  # noqa: F401
+
+from tagi.backbones import load_backbone
+from tagi.evaluate.harness import run_evaluation
+from tagi.evaluate.methods import METHODS
+
+PNG = b"\x89PNG\r\n\x1a\n"
+N_TASKS, N_INST = 3, 3
+
+
+@pytest.fixture(scope="module")
+def llama_run(tmp_path_factory):
+    """(out_dir, backbone, results) of a full tiny-llama evaluation of every method."""
+    import torch
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("llama")
+    cfg = tiny_config(out)
+    backbone = load_backbone(cfg.model)
+    eval_dir = run_evaluation(cfg, backbone)
+    return out, backbone, json.loads((eval_dir / "results.json").read_text())
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("eval"))
+    return dst
+
+
+def test_every_method_gets_a_row_and_the_files_exist(llama_run) -> None:
+    out, _, results = llama_run
+    eval_dir = out / "eval"
+    assert list(results["methods"]) == list(METHODS)
+    headline = (eval_dir / "report.md").read_text().split("## Headline")[1].split("##")[0]
+    for name in METHODS:
+        assert f"| {name} |" in headline
+    for png in ("methods.png", "categories.png"):
+        assert (eval_dir / png).read_bytes().startswith(PNG)
+    evaluated = [m for m in results["methods"].values() if "scores" in m]
+    rows = (eval_dir / "predictions.jsonl").read_text().splitlines()
+    assert len(rows) == len(evaluated) * 2 * N_TASKS * N_INST
+    for m in evaluated:
+        for s in ("Def", "Def+2Pos"):
+            sc = m["scores"][s]
+            assert sc["overall"]["n"] == N_TASKS * N_INST and len(sc["per_task"]) == N_TASKS
+            assert 0.0 <= sc["overall"]["rougeL"] <= 100.0 and sc["timing"]["s_per_instance"] > 0
+    for m in results["methods"].values():  # a method that cannot run says why
+        assert "scores" in m or m["unavailable"]
+    assert set(results["methods"]["oracle"]["info"]["trained_on"].values()) == {"2 unseen instances"}
+    assert results["efficiency"]["scenarios"] and results["config"]["out_dir"] == str(out)
+    assert {"teachers", "pretrain", "finetune", "methods/hint-like", "methods/multitask-lora"} <= set(
+        results["stages"]
+    )
+    assert results["versions"]["torch"] and results["seed"] == 0
+
+
+def test_methods_use_their_training_variant(llama_run) -> None:
+    out, _, results = llama_run
+    info = {name: m.get("info", {}) for name, m in results["methods"].items()}
+    assert info["tagi"]["checkpoint"] == str(out / "finetune" / "final")
+    assert info["tagi-empty-instruction"] == info["tagi-other-instruction"] == info["tagi"]
+    for name in ("hint-like", "hypter-like", "tagi-no-kl", "tagi-no-pretrain"):
+        assert info[name]["checkpoint"] == str(out / "methods" / name / "final")
+    hint = json.loads((out / "methods" / "hint-like" / "DONE.json").read_text())["config"]["finetune"]["loss"]
+    assert (hint["kl"], hint["align"]) == (0.0, 0.0)
+    assert (
+        results["methods"]["hypter-like"]["mode"] == "none" and results["methods"]["tagi"]["mode"] == "fuse"
+    )
+    preds = {}
+    for line in (out / "eval" / "predictions.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        preds.setdefault(r["method"], []).append(r["prediction"])
+    assert (
+        preds["tagi"] != preds["tagi-no-kl"] or preds["tagi"] != preds["hint-like"]
+    )  # different checkpoints
+
+
+def test_rerun_reuses_finished_methods(llama_run, tmp_path: Path, monkeypatch) -> None:
+    src, backbone, results = llama_run
+    out = copy_run(src, tmp_path / "run")
+    cfg = tiny_config(out, ["evaluate.methods=[no-finetune,tagi]", "evaluate.efficiency=false"])
+    first = json.loads((run_evaluation(cfg, backbone) / "results.json").read_text())
+    for name in ("no-finetune", "tagi"):  # same checkpoints, same predictions as the full run
+        assert (
+            first["methods"][name]["scores"]["Def"]["overall"]
+            == results["methods"][name]["scores"]["Def"]["overall"]
+        )
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a finished method was evaluated again")
+
+    monkeypatch.setattr(backbone, "generate", boom)
+    second = json.loads((run_evaluation(cfg, backbone) / "results.json").read_text())
+    assert second["methods"]["tagi"]["scores"] == first["methods"]["tagi"]["scores"]
+
+
+def test_mixed_batches_give_the_same_predictions(llama_run, tmp_path: Path) -> None:
+    src, backbone, _ = llama_run
+    preds = {}
+    for batching in ("task", "mixed"):
+        out = copy_run(src, tmp_path / batching)
+        cfg = tiny_config(out, ["evaluate.methods=[tagi,oracle]", "evaluate.efficiency=false",
+                                f"evaluate.batching={batching}", "evaluate.batch_size=5"])  # fmt: skip
+        lines = (run_evaluation(cfg, backbone) / "predictions.jsonl").read_text().splitlines()
+        preds[batching] = [json.loads(r)["prediction"] for r in lines]
+    assert preds["task"] == preds["mixed"]
+
+
+def test_rank_classification_section(llama_run, tmp_path: Path) -> None:
+    src, backbone, _ = llama_run
+    out = copy_run(src, tmp_path / "rank")
+    cfg = tiny_config(out, ["evaluate.methods=[no-finetune,tagi]", "evaluate.efficiency=false",
+                            "data.max_test_tasks=0", "data.max_test_instances=6"])  # fmt: skip
+    eval_dir = run_evaluation(cfg, backbone)
+    results = json.loads((eval_dir / "results.json").read_text())
+    rank = results["methods"]["tagi"]["scores"]["Def"]["rank_classification"]
+    assert "builtin_experience_good_bad" in rank["per_task"] and 0.0 <= rank["accuracy"] <= 100.0
+    assert "## Rank classification" in (eval_dir / "report.md").read_text()
