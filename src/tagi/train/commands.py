@@ -27,9 +27,14 @@ def train_teachers(
         resume: continue an interrupted run from its last checkpoint
         force: delete the stage's outputs and train again
     """
+    return _stage(stages.run_teachers, "teachers", config, overrides, resume, force)
+
+
+def _stage(runner, name: str, config: str, overrides: list[str] | None, resume: bool, force: bool) -> int:
+    """Run one stage runner from the CLI and release the process group however it ends."""
     try:
-        out = stages.run_teachers(load_config(config, overrides), resume=resume, force=force)
-        log.info("teachers: %s", out)
+        out = runner(load_config(config, overrides), resume=resume, force=force)
+        log.info("%s: %s", name, out)
     finally:
         dist.cleanup()
     return 0
@@ -46,12 +51,7 @@ def pretrain(
         resume: continue an interrupted run from its last checkpoint
         force: delete the stage's outputs and train again
     """
-    try:
-        out = stages.run_pretrain(load_config(config, overrides), resume=resume, force=force)
-        log.info("pretrain: %s", out)
-    finally:
-        dist.cleanup()
-    return 0
+    return _stage(stages.run_pretrain, "pretrain", config, overrides, resume, force)
 
 
 def finetune(
@@ -65,12 +65,7 @@ def finetune(
         resume: continue an interrupted run from its last checkpoint
         force: delete the stage's outputs and train again
     """
-    try:
-        out = stages.run_finetune(load_config(config, overrides), resume=resume, force=force)
-        log.info("finetune: %s", out)
-    finally:
-        dist.cleanup()
-    return 0
+    return _stage(stages.run_finetune, "finetune", config, overrides, resume, force)
 
 
 def run(
