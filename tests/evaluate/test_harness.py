@@ -104,6 +104,10 @@ def test_rerun_reuses_finished_methods(llama_run, tmp_path: Path, monkeypatch) -
     monkeypatch.setattr(backbone, "generate", boom)
     second = json.loads((run_evaluation(cfg, backbone) / "results.json").read_text())
     assert second["methods"]["tagi"]["scores"] == first["methods"]["tagi"]["scores"]
+    assert second["evaluation_timing"]["cached"] == ["no-finetune", "tagi"]
+    assert (
+        second["evaluation_timing"]["evaluate_s"] == first["evaluation_timing"]["evaluate_s"]
+    )  # as computed
 
 
 def test_mixed_batches_give_the_same_predictions(llama_run, tmp_path: Path) -> None:

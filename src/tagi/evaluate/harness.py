@@ -335,8 +335,12 @@ def _fingerprint(prep: Prepared, cfg: ExperimentConfig, tasks: list[Task]) -> st
 def evaluate_method(
     prep: Prepared, cfg: ExperimentConfig, backbone: Backbone, tasks: list[Task], parts: Path,
     other: dict[str, str] | None, bar: tqdm | None = None,
-) -> dict:  # fmt: skip
-    """``{setting: {"records", "timing", "rank"}}`` for one method, reusing a cached part when it matches."""
+) -> tuple[dict, float, bool]:  # fmt: skip
+    """``({setting: {"records", "timing", "rank"}}, seconds, cached)`` for one method.
+
+    A part cached by an earlier run with the same fingerprint is reused (``cached=True``; ``seconds`` is
+    then the wall time recorded when it was computed).
+    """
     path = parts / f"{prep.spec.name.replace('/', '_').replace(':', '_')}.json"
     fp = _fingerprint(prep, cfg, tasks)
     settings = [setting_name(k) for k in cfg.evaluate.prompt_settings]
@@ -345,14 +349,15 @@ def evaluate_method(
         if cached.get("fingerprint") == fp and all(s in cached["settings"] for s in settings):
             if bar is not None:
                 bar.update(len(tasks) * len(settings))
-            return {s: cached["settings"][s] for s in settings}
-    out = {}
+            return {s: cached["settings"][s] for s in settings}, float(cached.get("seconds", 0.0)), True
+    start, out = time.perf_counter(), {}
     for k in cfg.evaluate.prompt_settings:
         if bar is not None:
             bar.set_postfix_str(f"{prep.spec.name} {setting_name(k)}")
         out[setting_name(k)] = evaluate_setting(prep, cfg, backbone, task_jobs(prep, tasks, k, other), bar)
-    report.write_json(path, {"fingerprint": fp, "settings": out})
-    return out
+    seconds = time.perf_counter() - start
+    report.write_json(path, {"fingerprint": fp, "seconds": seconds, "settings": out})
+    return out, seconds, False
 
 
 def run_evaluation(cfg: ExperimentConfig, backbone: Backbone | None = None) -> Path:
@@ -369,7 +374,7 @@ def run_evaluation(cfg: ExperimentConfig, backbone: Backbone | None = None) -> P
     other = other_task_map([t.name for t in tasks], cfg.seed) if need_other else None
     eval_dir = Path(cfg.out_dir) / "eval"
     pipe = Pipeline(cfg, backbone)
-    methods, timings = {}, {"prepare_s": {}, "evaluate_s": {}}
+    methods, timings = {}, {"prepare_s": {}, "evaluate_s": {}, "cached": []}
     bar = tqdm(
         total=len(specs) * len(cfg.evaluate.prompt_settings) * len(tasks), desc="evaluate", unit="task"
     )
@@ -377,13 +382,16 @@ def run_evaluation(cfg: ExperimentConfig, backbone: Backbone | None = None) -> P
         start = time.perf_counter()
         prep = prepare(spec, pipe, tasks)
         timings["prepare_s"][spec.name] = time.perf_counter() - start
-        start = time.perf_counter()
         if prep.unavailable:
             bar.update(len(tasks) * len(cfg.evaluate.prompt_settings))
             methods[spec.name] = {"spec": spec.describe(), "unavailable": prep.unavailable}
             continue
-        settings = evaluate_method(prep, cfg, backbone, tasks, eval_dir / "parts", other, bar)
-        timings["evaluate_s"][spec.name] = time.perf_counter() - start
+        settings, seconds, cached = evaluate_method(
+            prep, cfg, backbone, tasks, eval_dir / "parts", other, bar
+        )
+        timings["evaluate_s"][spec.name] = seconds
+        if cached:
+            timings["cached"].append(spec.name)
         methods[spec.name] = {
             "spec": spec.describe(),
             "mode": prep.mode,

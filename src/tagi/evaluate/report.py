@@ -191,10 +191,14 @@ def stage_table(results: dict) -> str:
     """Training stages (from their DONE.json) and the evaluation's own steps."""
     rows = [[f"train: {name}", _f(wall_seconds(done), 1)] for name, done in results["stages"].items()]
     timing = results["evaluation_timing"]
-    rows += [[f"evaluate: {k}", _f(v, 1)] for k, v in timing["evaluate_s"].items()]
+    cached = set(timing.get("cached", []))
+    rows += [
+        [f"evaluate: {k}" + (" (cached from an earlier run)" if k in cached else ""), _f(v, 1)]
+        for k, v in timing["evaluate_s"].items()
+    ]
     rows += [
         ["evaluate: efficiency (FLOPs)", _f(timing.get("efficiency_s"), 1)],
-        ["evaluation total (incl. training it triggered)", _f(timing["total_s"], 1)],
+        ["evaluation total in this run (incl. training it triggered)", _f(timing["total_s"], 1)],
     ]
     m = timing.get("machine", {})
     note = (
