@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tagi.config import ConfigError, ExperimentConfig, describe, load_config, to_dict
@@ -48,3 +50,40 @@ def test_missing_and_malformed_files(tmp_path):
 def test_every_field_has_help():
     rows = describe(ExperimentConfig)
     assert rows and all(help_ for _, _, help_ in rows)
+
+
+def test_extends_merges_sections_over_the_base(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "out_dir: runs/base\nseed: 3\nteachers:\n  rank: 4\n  train: {max_steps: 7, lr: 0.01}\n"
+        "evaluate:\n  methods: [tagi, no-finetune]\n"
+    )
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "child.yaml").write_text(
+        "extends: ../base.yaml\nteachers:\n  train: {max_steps: 2}\nevaluate:\n  methods: [tagi]\n"
+    )
+    cfg = load_config(sub / "child.yaml", ["seed=5"])
+    assert (cfg.out_dir, cfg.seed, cfg.teachers.rank) == ("runs/base", 5, 4)
+    assert (cfg.teachers.train.max_steps, cfg.teachers.train.lr) == (2, 0.01)  # merged, not replaced
+    assert cfg.evaluate.methods == ["tagi"]  # a list replaces the base's list
+
+
+def test_extends_errors(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("extends: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="must name a config file"):
+        load_config(tmp_path / "d.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=str)
+def test_shipped_configs_load_and_open_with_their_command(path):
+    header = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+    assert f"configs/{path.name}" in header or "tagi demo" in header, "the header must give the command"
+    cfg = load_config(path)
+    assert cfg.out_dir

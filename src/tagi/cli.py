@@ -15,6 +15,7 @@ import argparse
 import importlib
 import inspect
 import logging
+import os
 import sys
 import typing
 from collections.abc import Callable
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     debug = "--debug" in rest
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if "torch" not in sys.modules:  # OpenMP reads it when torch loads: idle threads sleep, never spin
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         fn = _resolve(COMMANDS[name][0])
     except (ImportError, AttributeError):

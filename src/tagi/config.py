@@ -301,6 +301,12 @@ class EvalConfig:
     oracle_instances: int = field_(
         100, "Instances of each test task beyond the evaluated ones that train its oracle (upper bound)."
     )
+    new_tokens_from_examples: float = field_(
+        0.0,
+        "0 = every task decodes up to model.max_target_tokens new tokens. > 0 = a task's budget is "
+        "min(model.max_target_tokens, ceil(this x the longest output among the task's positive examples, "
+        "in tokens) + 4): read from the task definition only, never from the evaluated instances.",
+    )
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, f"evaluate.batch_size must be > 0, got {self.batch_size}")
@@ -312,7 +318,7 @@ class EvalConfig:
         _check(len(set(self.methods)) == len(self.methods), "evaluate.methods lists a method twice")
         for k in ("efficiency_instances", "oracle_instances"):
             _check(getattr(self, k) > 0, f"evaluate.{k} must be > 0, got {getattr(self, k)}")
-        for k in ("multitask_steps", "oracle_steps"):
+        for k in ("multitask_steps", "oracle_steps", "new_tokens_from_examples"):
             _check(getattr(self, k) >= 0, f"evaluate.{k} must be >= 0, got {getattr(self, k)}")
 
 
@@ -439,9 +445,38 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _deep_merge(out[key], value) if both else value
+    return out
+
+
+def read_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping, with ``extends: other.yaml`` resolved.
+
+    ``extends`` names another config (relative to this file's folder); its mapping is read first and this
+    file's keys are merged over it, section by section (a list or scalar replaces the base's value).
+    """
+    p = Path(path).resolve()
+    if p in _seen:
+        raise ConfigError(f"config {path} extends itself (cycle: {' -> '.join(q.name for q in (*_seen, p))})")
+    data = read_yaml(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: 'extends' must name a config file, got {base!r}")
+    return _deep_merge(read_config_yaml(p.parent / base, (*_seen, p)), data)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load an :class:`ExperimentConfig` from YAML (or defaults when ``path`` is None) plus overrides."""
-    data = read_yaml(path) if path is not None else {}
+    """Load an :class:`ExperimentConfig` from YAML (or defaults when ``path`` is None) plus overrides.
+
+    A config may start from another one with ``extends: base.yaml`` (see :func:`read_config_yaml`).
+    """
+    data = read_config_yaml(path) if path is not None else {}
     data = apply_overrides(data, list(overrides or []))
     return from_dict(ExperimentConfig, data)
 

@@ -132,3 +132,43 @@ def test_rank_classification_section(llama_run, tmp_path: Path) -> None:
     rank = results["methods"]["tagi"]["scores"]["Def"]["rank_classification"]
     assert "builtin_experience_good_bad" in rank["per_task"] and 0.0 <= rank["accuracy"] <= 100.0
     assert "## Rank classification" in (eval_dir / "report.md").read_text()
+
+
+def test_token_budget_comes_from_the_positive_examples(backbone) -> None:
+    from tagi.data.sni import Example, Instance, Task
+    from tagi.evaluate.harness import new_token_budget
+
+    bb = backbone
+    outs = ("a b c", "a b c d e f g h")
+    lengths = [len(bb.tokenizer(o, add_special_tokens=False)["input_ids"]) for o in outs]
+    leaky = Instance("i0", "x", (" ".join(["word"] * 200),))  # a long reference must not matter
+    task = Task("t", "Do it.", tuple(Example("x", o) for o in outs), (leaky,))
+    cap = bb.cfg.max_target_tokens
+    assert new_token_budget(task, bb, 1.5) == min(cap, -(-3 * max(lengths) // 2) + 4)
+    assert new_token_budget(task, bb, 0.0) == cap
+    assert new_token_budget(Task("u", "Do it.", (), (leaky,)), bb, 1.5) == cap
+    assert new_token_budget(task, bb, 1000.0) == cap
+
+
+def test_generation_uses_each_tasks_budget(llama_run, tmp_path: Path, monkeypatch) -> None:
+    from tagi.evaluate.harness import new_token_budget
+
+    src, backbone, _ = llama_run
+    out = copy_run(src, tmp_path / "budget")
+    cfg = tiny_config(out, ["evaluate.methods=[no-finetune]", "evaluate.efficiency=false",
+                            "evaluate.rank_classification=false", "evaluate.new_tokens_from_examples=1.0"])  # fmt: skip
+    seen, real = [], backbone.generate
+
+    def spy(examples, adapter=None, mode="concat", max_new_tokens=None, **kw):
+        seen.append((examples[0].instruction, max_new_tokens))
+        return real(examples, adapter, mode, max_new_tokens=max_new_tokens, **kw)
+
+    monkeypatch.setattr(backbone, "generate", spy)
+    results = json.loads((run_evaluation(cfg, backbone) / "results.json").read_text())
+    from tagi.data.select import load_tasks
+
+    tasks = {t.name: t for t in load_tasks(cfg.data, "test")}
+    budgets = {t["name"]: t["max_new_tokens"] for t in results["test_tasks"]}
+    assert budgets == {n: new_token_budget(t, backbone, 1.0) for n, t in tasks.items()}
+    assert len(set(budgets.values())) > 1 or min(budgets.values()) < cfg.model.max_target_tokens
+    assert {b for _, b in seen} == set(budgets.values())

@@ -167,6 +167,10 @@ class Backbone(ABC):
     def max_instruction_tokens(self) -> int:
         return self.cfg.max_instruction_tokens
 
+    def output_tokens(self, text: str) -> int:
+        """Number of tokens the model generates to write ``text`` (no special tokens, no EOS)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
     # ---- text -> tensors
     @abstractmethod
     def instruction_ids(self, instruction: str) -> list[int]:

@@ -9,8 +9,9 @@
    (``methods/multitask-lora/``) or one oracle LoRA per test task (``methods/oracle/<task>/``);
 2. for each prompt setting (``Def``, ``Def+2Pos``) and test task, builds the task's instruction under the
    method's instruction variant, generates the task's adapter once (hypernetwork methods; timed as the
-   adapter-generation latency) and decodes every instance greedily (``model.max_target_tokens`` new
-   tokens). With ``evaluate.batching=task`` (default) a batch holds one task and one adapter, so
+   adapter-generation latency) and decodes every instance greedily (up to ``model.max_target_tokens``
+   new tokens, or the task's budget from its positive examples when ``evaluate.new_tokens_from_examples``
+   is set). With ``evaluate.batching=task`` (default) a batch holds one task and one adapter, so
    decoder-only backbones compute the instruction prefix's key/value cache once per batch (with the
    adapter active) and T5 encodes the instruction once; ``mixed`` batches mix tasks, each example
    carrying its own adapter (per-example LoRA);
@@ -29,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import statistics
@@ -236,19 +238,35 @@ class TaskJob:
     instruction: str
     adapter: LoraWeights | None
     latency_s: float  # adapter generation (hypernetwork methods), else 0
+    max_new_tokens: int = 0  # the task's decoding budget (0 = model.max_target_tokens)
 
     def examples(self) -> list[PromptExample]:
         return [PromptExample(self.instruction, format_source(i.input)) for i in self.task.instances]
 
 
-def task_jobs(prep: Prepared, tasks: list[Task], num_pos: int, other: dict[str, str] | None) -> list[TaskJob]:
+def new_token_budget(task: Task, backbone: Backbone, factor: float) -> int:
+    """Decoding budget of a task from its *definition*: ``ceil(factor * longest positive output) + 4``.
+
+    Capped at ``model.max_target_tokens``; ``factor == 0`` or a task without positive examples gets the
+    cap. The evaluated instances' references are never read, so no test label leaks into decoding.
+    """
+    cap = backbone.cfg.max_target_tokens
+    outputs = [backbone.output_tokens(e.output) for e in task.positive_examples]
+    if factor <= 0 or not outputs:
+        return cap
+    return min(cap, math.ceil(factor * max(outputs)) + 4)
+
+
+def task_jobs(
+    prep: Prepared, tasks: list[Task], num_pos: int, other: dict[str, str] | None, budget: dict[str, int]
+) -> list[TaskJob]:
     """Instructions (under the method's instruction variant) and adapters, generated once per task."""
     by_name = {t.name: t for t in tasks}
     jobs = []
     for task in tasks:
         prompt_ins, hyper_ins = instructions_for(prep.spec, task, num_pos, by_name, other)
         adapter, secs = prep.adapter_for(task.name, hyper_ins)
-        jobs.append(TaskJob(task, prompt_ins, adapter, secs))
+        jobs.append(TaskJob(task, prompt_ins, adapter, secs, budget.get(task.name, 0)))
     return jobs
 
 
@@ -260,7 +278,9 @@ def generate_jobs(
     if ev.batching == "task":
         for job in jobs:
             for chunk in _chunks(job.examples(), ev.batch_size):
-                outputs += backbone.generate(chunk, job.adapter, mode, max_new_tokens=limit)
+                outputs += backbone.generate(
+                    chunk, job.adapter, mode, max_new_tokens=job.max_new_tokens or limit
+                )
             if bar is not None:
                 bar.update(1)
         return outputs
@@ -270,7 +290,8 @@ def generate_jobs(
     stacked = adapters[0] if shared else LoraWeights.stack(adapters)  # [num_tasks]
     for chunk in _chunks(flat, ev.batch_size):
         weights = stacked if shared else stacked.index([k for _, k in chunk])  # [len(chunk)] per example
-        outputs += backbone.generate([e for e, _ in chunk], weights, mode, max_new_tokens=limit)
+        budget = max(jobs[k].max_new_tokens or limit for _, k in chunk)
+        outputs += backbone.generate([e for e, _ in chunk], weights, mode, max_new_tokens=budget)
     if bar is not None:
         bar.update(len(jobs))
     return outputs
@@ -326,7 +347,9 @@ def _fingerprint(prep: Prepared, cfg: ExperimentConfig, tasks: list[Task]) -> st
         "model": to_dict(cfg.model),
         "data": to_dict(cfg.data),
         "seed": cfg.seed,
-        "evaluate": {k: ev[k] for k in ("batching", "batch_size", "rank_classification")},
+        "evaluate": {
+            k: ev[k] for k in ("batching", "batch_size", "rank_classification", "new_tokens_from_examples")
+        },
         "tasks": [[t.name, len(t.instances)] for t in tasks],
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
@@ -334,13 +357,15 @@ def _fingerprint(prep: Prepared, cfg: ExperimentConfig, tasks: list[Task]) -> st
 
 def evaluate_method(
     prep: Prepared, cfg: ExperimentConfig, backbone: Backbone, tasks: list[Task], parts: Path,
-    other: dict[str, str] | None, bar: tqdm | None = None,
+    other: dict[str, str] | None, bar: tqdm | None = None, budget: dict[str, int] | None = None,
 ) -> tuple[dict, float, bool]:  # fmt: skip
     """``({setting: {"records", "timing", "rank"}}, seconds, cached)`` for one method.
 
     A part cached by an earlier run with the same fingerprint is reused (``cached=True``; ``seconds`` is
-    then the wall time recorded when it was computed).
+    then the wall time recorded when it was computed). ``budget`` maps a task to its decoding budget
+    (:func:`new_token_budget`; missing = ``model.max_target_tokens``).
     """
+    budget = budget or {}
     path = parts / f"{prep.spec.name.replace('/', '_').replace(':', '_')}.json"
     fp = _fingerprint(prep, cfg, tasks)
     settings = [setting_name(k) for k in cfg.evaluate.prompt_settings]
@@ -354,7 +379,8 @@ def evaluate_method(
     for k in cfg.evaluate.prompt_settings:
         if bar is not None:
             bar.set_postfix_str(f"{prep.spec.name} {setting_name(k)}")
-        out[setting_name(k)] = evaluate_setting(prep, cfg, backbone, task_jobs(prep, tasks, k, other), bar)
+        jobs = task_jobs(prep, tasks, k, other, budget)
+        out[setting_name(k)] = evaluate_setting(prep, cfg, backbone, jobs, bar)
     seconds = time.perf_counter() - start
     report.write_json(path, {"fingerprint": fp, "seconds": seconds, "settings": out})
     return out, seconds, False
@@ -373,6 +399,8 @@ def run_evaluation(cfg: ExperimentConfig, backbone: Backbone | None = None) -> P
     need_other = any(s.instruction == "other" for s in specs)
     other = other_task_map([t.name for t in tasks], cfg.seed) if need_other else None
     eval_dir = Path(cfg.out_dir) / "eval"
+    factor = cfg.evaluate.new_tokens_from_examples
+    budget = {t.name: new_token_budget(t, backbone, factor) for t in tasks}
     pipe = Pipeline(cfg, backbone)
     methods, timings = {}, {"prepare_s": {}, "evaluate_s": {}, "cached": []}
     bar = tqdm(
@@ -387,7 +415,7 @@ def run_evaluation(cfg: ExperimentConfig, backbone: Backbone | None = None) -> P
             methods[spec.name] = {"spec": spec.describe(), "unavailable": prep.unavailable}
             continue
         settings, seconds, cached = evaluate_method(
-            prep, cfg, backbone, tasks, eval_dir / "parts", other, bar
+            prep, cfg, backbone, tasks, eval_dir / "parts", other, bar, budget
         )
         timings["evaluate_s"][spec.name] = seconds
         if cached:
@@ -412,7 +440,7 @@ def run_evaluation(cfg: ExperimentConfig, backbone: Backbone | None = None) -> P
         "load_average_start": wall["load_start"],
         "load_average_end": os.getloadavg()[0],
     }
-    results = assemble(cfg, tasks, methods, efficiency, timings, other)
+    results = assemble(cfg, tasks, methods, efficiency, timings, other, budget)
     report.write_all(eval_dir, results, predictions(methods))
     return eval_dir
 
@@ -442,9 +470,10 @@ def predictions(methods: dict) -> list[dict]:
 
 def assemble(
     cfg: ExperimentConfig, tasks: list[Task], methods: dict, efficiency: dict | None, timings: dict,
-    other: dict[str, str] | None,
+    other: dict[str, str] | None, budget: dict[str, int] | None = None,
 ) -> dict:  # fmt: skip
     """The content of ``results.json`` (scores computed here from the records)."""
+    budget = budget or {}
     table = {}
     for name, m in methods.items():
         entry = {k: v for k, v in m.items() if k != "settings"}
@@ -461,8 +490,14 @@ def assemble(
         "seed": cfg.seed,
         "settings": [setting_name(k) for k in cfg.evaluate.prompt_settings],
         "test_tasks": [
-            {"name": t.name, "category": t.category, "instances": len(t.instances)} for t in tasks
-        ],
+            {
+                "name": t.name,
+                "category": t.category,
+                "instances": len(t.instances),
+                "max_new_tokens": budget.get(t.name),
+            }
+            for t in tasks
+        ],  # fmt: skip
         "other_instruction_map": other,
         "methods": table,
         "efficiency": efficiency,

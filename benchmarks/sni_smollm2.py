@@ -1,0 +1,71 @@
+"""Headline benchmark: TAGI vs baselines with SmolLM2-135M-Instruct on Super-NaturalInstructions (CPU).
+
+Command (from the repository root; at most 100 minutes on 2 CPU cores)::
+
+    python benchmarks/sni_smollm2.py [--sni-dir ../shared/data/sni] [key=value ...]
+
+It is ``tagi run configs/bench-sni-smollm2.yaml data.sni_dir=...`` (teachers -> hypernetwork pretraining
+-> distillation finetuning -> the multi-task LoRA and HINT-like baselines -> evaluation of every
+configured method on every test task, Def and Def+2Pos), followed by a copy of the evaluation's
+``results.json``, ``report.md`` and plots into ``benchmarks/results/sni-smollm2/`` (the committed
+results). The run itself lives in ``runs/bench-sni-smollm2/``; a rerun skips finished stages and cached
+methods. ``results.json`` records the config, seed, package versions, machine load and the wall time
+of every stage; this script adds the command's own wall time (``benchmark_wall_s``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "bench-sni-smollm2.yaml"
+DEFAULT_SNI = ROOT.parent / "shared" / "data" / "sni"
+RESULTS = ROOT / "benchmarks" / "results" / "sni-smollm2"
+COPIED = ("results.json", "report.md")
+
+
+def publish(eval_dir: Path, dest: Path, wall_s: float, command: str) -> None:
+    """Copy the report (results.json, report.md, PNGs) into ``dest``, adding the command and wall time."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("*.png"):
+        old.unlink()
+    for path in [*(eval_dir / name for name in COPIED), *sorted(eval_dir.glob("*.png"))]:
+        shutil.copy2(path, dest / path.name)
+    results = json.loads((dest / "results.json").read_text())
+    results["benchmark_wall_s"] = round(wall_s, 1)
+    results["benchmark_command"] = command
+    tmp = dest / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(dest / "results.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sni-dir", default=str(DEFAULT_SNI), help="a clone of allenai/natural-instructions")
+    parser.add_argument("--out", default="runs/bench-sni-smollm2", help="run folder (stages and evaluation)")
+    parser.add_argument("--results", default=str(RESULTS), help="where the report is copied")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = parser.parse_args(argv)
+    if not Path(args.sni_dir).is_dir():
+        print(f"error: SNI data folder not found: {args.sni_dir} (pass --sni-dir)", file=sys.stderr)
+        return 2
+    from tagi.cli import main as tagi_main
+
+    overrides = [f"data.sni_dir={args.sni_dir}", f"out_dir={args.out}", *args.overrides]
+    command = " ".join(["tagi", "run", str(CONFIG.relative_to(ROOT)), *overrides])
+    start = time.perf_counter()
+    code = tagi_main(["run", str(CONFIG), *overrides])
+    if code != 0:
+        return code
+    publish(Path(args.out) / "eval", Path(args.results), time.perf_counter() - start, command)
+    print(f"benchmark finished in {(time.perf_counter() - start) / 60:.1f} min; report in {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
