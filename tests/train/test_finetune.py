@@ -105,6 +105,15 @@ def test_cached_topk_gives_the_on_the_fly_loss(tmp_path, teachers_dir):
     # whole runs: the cache on disk vs the teacher at every step
     run_cached = run_finetune(cfg, teachers_dir=teachers_dir, out_dir=tmp_path / "cached")
     assert (run_cached / "teacher_cache" / "topk.safetensors").is_file()
+    # only what the steps draw is cached (the sampler is known in advance), not the whole dataset
+    short = run_finetune(
+        tiny_config(tmp_path / "run", "finetune.loss.kl_topk=16", "finetune.train.max_steps=2"),
+        teachers_dir=teachers_dir, out_dir=tmp_path / "short",
+    )  # fmt: skip
+    ids = load_file(short / "teacher_cache" / "topk.safetensors")["ids"].tolist()
+    total = json.loads((short / "DONE.json").read_text())["num_examples"]
+    step_size = cfg.finetune.train.batch_size * cfg.finetune.train.grad_accum
+    assert ids == sorted(set(ids)) and 0 < len(ids) <= 2 * step_size < total
     run_fly = run_finetune(
         tiny_config(tmp_path / "run", "finetune.loss.kl_topk=16", "finetune.train.max_steps=5",
                     "finetune.teacher_cache=false"),

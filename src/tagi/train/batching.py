@@ -89,6 +89,10 @@ class StepSampler:
         groups, order = self._window(step // self.length_grouping)
         return groups[order[step % self.length_grouping]]
 
+    def samples_until(self, num_steps: int) -> list[Sample]:
+        """Every sample of steps ``0 .. num_steps-1`` over all ranks (what a whole run will draw)."""
+        return [s for step in range(num_steps) for s in self.step_samples(step)]
+
     def rank_batches(self, step: int, rank: int = 0) -> list[list[Sample]]:
         """The ``grad_accum`` micro-batches that rank ``rank`` runs at step ``step``."""
         group, b = self.step_samples(step), self.batch_size

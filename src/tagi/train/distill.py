@@ -6,13 +6,16 @@ reference output tokenised the same way — so the KL pairs the flat ``[M, V]`` 
 (checked: any mismatch raises instead of silently comparing wrong positions).
 
 **Top-k cache** (``finetune.teacher_cache`` with ``loss.kl_topk = k``): the teacher's ``k`` largest logits
-per label token are computed once for every training example (no gradient, batched by length) and stored
-with safetensors under ``<stage>/teacher_cache/``::
+per label token are computed once for every training example the run will draw (no gradient, batched by
+length; the sampler is a pure function of the seed, so the examples of all ``max_steps`` steps are known
+in advance and a short run does not pay for the whole dataset) and stored with safetensors under
+``<stage>/teacher_cache/``::
 
-    topk.safetensors   idx [M, k] int32, vals [M, k] float32 (raw logits), labels [M], offsets [N + 1]
+    topk.safetensors   idx [M, k] int32, vals [M, k] float32 (raw logits), labels [M], offsets [N + 1],
+                       ids [N] (the dataset index of each cached example)
     meta.json          {"fingerprint": ...}   (base model, teacher files, examples, k, precision)
 
-Example ``i`` owns rows ``offsets[i]:offsets[i+1]``. At a step the teacher distribution is
+Cached example ``j`` (dataset index ``ids[j]``) owns rows ``offsets[j]:offsets[j+1]``. At a step the teacher distribution is
 ``log_softmax(vals / tau)`` over its top-k — exactly what :func:`tagi.losses.teacher_topk` computes on
 the fly — so the cached and the on-the-fly KL agree up to the float noise of different batch padding
 during the teacher's forward pass (measured: 6e-8 relative per micro-batch; the test checks 1e-5). A cache
@@ -98,17 +101,30 @@ class TopkCache:
     """Teacher top-k logits of every training example (see the module docstring for the layout)."""
 
     def __init__(
-        self, idx: torch.Tensor, vals: torch.Tensor, labels: torch.Tensor, offsets: torch.Tensor
+        self,
+        idx: torch.Tensor,
+        vals: torch.Tensor,
+        labels: torch.Tensor,
+        offsets: torch.Tensor,
+        ids: torch.Tensor | None = None,
     ) -> None:
         self.idx, self.vals, self.labels, self.offsets = idx, vals, labels, offsets
         self._off = offsets.tolist()
+        self.ids = torch.arange(len(self._off) - 1) if ids is None else ids
+        self._pos = {int(i): j for j, i in enumerate(self.ids.tolist())}
 
     def __len__(self) -> int:
         return len(self._off) - 1
 
+    def _row(self, index: int) -> int:
+        if index not in self._pos:
+            raise TagiError(f"training example {index} is not in the teacher cache (rebuild it)")
+        return self._pos[index]
+
     def gather(self, indices: Sequence[int], device: torch.device) -> tuple[torch.Tensor, ...]:
-        """``(idx [M, k] long, vals [M, k], labels [M])`` of the examples, concatenated in order."""
-        rows = torch.cat([torch.arange(self._off[i], self._off[i + 1]) for i in indices])
+        """``(idx [M, k] long, vals [M, k], labels [M])`` of the examples (dataset indices), in order."""
+        pos = [self._row(i) for i in indices]
+        rows = torch.cat([torch.arange(self._off[j], self._off[j + 1]) for j in pos])
         return self.idx[rows].long().to(device), self.vals[rows].to(device), self.labels[rows].to(device)
 
     @classmethod
@@ -121,8 +137,12 @@ class TopkCache:
         k: int,
         batch_size: int,
         autocast: Callable[[], AbstractContextManager],
+        ids: Sequence[int] | None = None,
     ) -> TopkCache:
-        """Run the teacher once over all examples (length-sorted batches) and keep its top-k logits."""
+        """Run the teacher once over the examples (length-sorted batches) and keep its top-k logits.
+
+        ``ids`` are the dataset indices of ``examples`` (default ``0..N-1``).
+        """
         order = sorted(range(len(examples)), key=lambda i: len(examples[i].source) + len(examples[i].target))
         per: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = [None] * len(examples)  # type: ignore[list-item]
         for s in range(0, len(order), batch_size):
@@ -141,13 +161,15 @@ class TopkCache:
             torch.cat([p[1] for p in per]),
             torch.cat([p[2] for p in per]),
             lengths.cumsum(0),
+            None if ids is None else torch.tensor(list(ids), dtype=torch.long),
         )
 
     def save(self, folder: Path, fingerprint: str) -> None:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
         try:
-            tensors = {"idx": self.idx, "vals": self.vals, "labels": self.labels, "offsets": self.offsets}
+            tensors = {"idx": self.idx, "vals": self.vals, "labels": self.labels, "offsets": self.offsets,
+                       "ids": self.ids}  # fmt: skip
             save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / CACHE_FILE)
             (tmp / CACHE_META).write_text(json.dumps({"fingerprint": fingerprint, "examples": len(self)}))
             replace_dir(tmp, folder)
@@ -166,13 +188,18 @@ class TopkCache:
         if not cls.matches(folder, fingerprint):
             return None
         t = load_file(folder / CACHE_FILE)
-        return cls(t["idx"], t["vals"], t["labels"], t["offsets"])
+        return cls(t["idx"], t["vals"], t["labels"], t["offsets"], t.get("ids"))
 
 
 def cache_fingerprint(
-    backbone: Backbone, teachers_dir: Path, examples: Sequence[PromptExample], k: int, precision: str
+    backbone: Backbone,
+    teachers_dir: Path,
+    examples: Sequence[PromptExample],
+    k: int,
+    precision: str,
+    ids: Sequence[int] | None = None,
 ) -> str:
-    """Hash of everything the cached logits depend on."""
+    """Hash of everything the cached logits depend on (``ids``: the dataset indices of ``examples``)."""
     index = json.loads((teachers_dir / INDEX).read_text())
     files = {
         g: file_sha256(teachers_dir / f / "adapter_model.safetensors") for g, f in index["groups"].items()
@@ -181,6 +208,8 @@ def cache_fingerprint(
     h.update(json.dumps([backbone.source, backbone.cfg.dtype, k, precision, files, index["tasks"]]).encode())
     for e in examples:
         h.update(json.dumps([e.instruction, e.source, e.target]).encode())
+    if ids is not None:
+        h.update(json.dumps(list(ids)).encode())
     return h.hexdigest()
 
 

@@ -216,15 +216,20 @@ def teacher_cache(
     teachers_dir: Path,
     folder: Path,
     autocast: Callable[[], AbstractContextManager],
+    indices: Sequence[int] | None = None,
 ) -> TopkCache:
-    """The top-k teacher cache of ``data`` in ``folder`` (built once by rank 0, reused while it matches)."""
-    examples = [data.teacher(i) for i in range(len(data))]
-    names = [data.task_name(i) for i in range(len(data))]
+    """The top-k teacher cache of ``data`` in ``folder`` (built once by rank 0, reused while it matches).
+
+    ``indices``: the examples to cache (those the run will draw; default all of them).
+    """
+    ids = sorted(set(indices)) if indices is not None else list(range(len(data)))
+    examples = [data.teacher(i) for i in ids]
+    names = [data.task_name(i) for i in ids]
     k, ft = cfg.finetune.loss.kl_topk, cfg.finetune
-    fp = cache_fingerprint(backbone, teachers_dir, examples, k, ft.train.precision)
+    fp = cache_fingerprint(backbone, teachers_dir, examples, k, ft.train.precision, ids)
 
     def build() -> TopkCache:
-        return TopkCache.build(backbone, teachers, examples, names, k, ft.train.batch_size, autocast)
+        return TopkCache.build(backbone, teachers, examples, names, k, ft.train.batch_size, autocast, ids)
 
     return load_or_build_cache(folder, fp, build, dist.current())
 

@@ -28,6 +28,7 @@ from tagi.data.select import task_examples
 from tagi.errors import TagiError
 from tagi.model import InstructionCache, TagiModel
 from tagi.train import dist
+from tagi.train.batching import StepSampler
 from tagi.train.checkpoint import find_state
 from tagi.train.common import (
     example_lengths,
@@ -262,9 +263,14 @@ def run_finetune(
     model = init_model(cfg, bb, init)
     teacher_pos = teachers.num_pos if teachers else cfg.teachers.num_pos
     data = FinetuneData(train_tasks, ft.student_num_pos, teacher_pos, cfg.seed)
+    lengths = student_lengths(bb, data, ft.fusion)
+    tc = ft.train
+    drawn = StepSampler(lengths, tc.batch_size, tc.grad_accum, info.world_size, cfg.seed, tc.length_grouping)
+    drawn = drawn.samples_until(tc.max_steps)  # what the whole run will see: only these are prepared
     cache = InstructionCache()
     extra = [""] if ft.hyper_input == "empty" else []
-    warm_instruction_cache(model, cache, data.student_instructions() + extra, ft.train.batch_size)
+    used = list(dict.fromkeys(data.student(s).instruction for s in drawn))
+    warm_instruction_cache(model, cache, used + extra, ft.train.batch_size)
     topk = None
     if ft.teacher_cache and ft.loss.kl > 0:
         folder = Path(teacher_cache_dir) if teacher_cache_dir else out / "teacher_cache"
@@ -272,11 +278,11 @@ def run_finetune(
         def autocast():
             return torch.autocast(bb.device.type, dtype=torch.bfloat16, enabled=ft.train.precision == "bf16")
 
-        topk = teacher_cache(cfg, bb, data, teachers, tdir, folder, autocast)
+        topk = teacher_cache(cfg, bb, data, teachers, tdir, folder, autocast, [s.index for s in drawn])
     objective = DistillObjective(model, data, ft.loss, ft.fusion, cache, teachers, topk, ft.hyper_input)
     fingerprint = stage_settings(to_dict(cfg), "finetune") | {"init": str(init or "")}
     res = train_loop(
-        model, objective, student_lengths(bb, data, ft.fusion), ft.train, seed=cfg.seed,
+        model, objective, lengths, ft.train, seed=cfg.seed,
         state_dir=out / "state", log_path=out / "log.jsonl", resume=resume, fingerprint=fingerprint,
         desc="finetune", info=info,
     )  # fmt: skip
