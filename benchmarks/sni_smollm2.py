@@ -10,7 +10,7 @@ configured method on every test task, Def and Def+2Pos), followed by a copy of t
 ``results.json``, ``report.md`` and plots into ``benchmarks/results/sni-smollm2/`` (the committed
 results). The run itself lives in ``runs/bench-sni-smollm2/``; a rerun skips finished stages and cached
 methods. ``results.json`` records the config, seed, package versions, machine load and the wall time
-of every stage; this script adds the command's own wall time (``benchmark_wall_s``).
+of every stage; this script adds each invocation's command and wall time (``benchmark_invocations``).
 """
 
 from __future__ import annotations
@@ -30,18 +30,25 @@ COPIED = ("results.json", "report.md")
 
 
 def publish(eval_dir: Path, dest: Path, wall_s: float, command: str) -> None:
-    """Copy the report (results.json, report.md, PNGs) into ``dest``, adding the command and wall time."""
+    """Copy the report (results.json, report.md, PNGs) into ``dest`` and record this invocation.
+
+    ``benchmark_invocations`` lists every invocation that published the same config, with its command and
+    wall time: the first one did the work, a rerun only reuses finished stages and cached methods.
+    """
     dest.mkdir(parents=True, exist_ok=True)
+    target = dest / "results.json"
+    previous = json.loads(target.read_text()) if target.is_file() else {}
     for old in dest.glob("*.png"):
         old.unlink()
     for path in [*(eval_dir / name for name in COPIED), *sorted(eval_dir.glob("*.png"))]:
         shutil.copy2(path, dest / path.name)
-    results = json.loads((dest / "results.json").read_text())
-    results["benchmark_wall_s"] = round(wall_s, 1)
-    results["benchmark_command"] = command
+    results = json.loads(target.read_text())
+    history = previous.get("benchmark_invocations", []) if previous.get("config") == results["config"] else []
+    run = {"command": command, "wall_s": round(wall_s, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    results["benchmark_invocations"] = [*history, run]
     tmp = dest / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(dest / "results.json")
+    tmp.replace(target)
 
 
 def main(argv: list[str] | None = None) -> int:

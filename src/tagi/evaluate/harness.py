@@ -136,7 +136,7 @@ class Pipeline:
         A finished folder (``DONE.json``) is reused; if it was trained with other settings a warning says
         so (delete the folder to retrain), as the training stages do.
         """
-        from tagi.train.teachers import train_lora_adapter
+        from tagi.train.teachers import fit_lora
 
         cfg, adapter_dir = self.cfg, folder / "adapter"
         train = dataclasses.replace(cfg.teachers.train, max_steps=steps)
@@ -152,9 +152,12 @@ class Pipeline:
         else:
             shutil.rmtree(adapter_dir, ignore_errors=True)  # leftovers of an interrupted run
             start = time.perf_counter()
-            train_lora_adapter(self.backbone, examples, cfg.teachers.rank, cfg.teachers.alpha, train,
-                               adapter_dir, mode="concat", seed=cfg.seed, desc=desc)  # fmt: skip
-            done = {"wall_time_s": round(time.perf_counter() - start, 3), "examples": len(examples)}
+            _, res = fit_lora(self.backbone, examples, cfg.teachers.rank, cfg.teachers.alpha, train,
+                              adapter_dir, mode="concat", seed=cfg.seed, desc=desc)  # fmt: skip
+            stats = {
+                k: v for k, v in res.to_dict().items() if k in ("tokens", "tokens_per_s", "peak_memory_mb")
+            }
+            done = {"wall_time_s": round(time.perf_counter() - start, 3), "examples": len(examples), **stats}
             report.write_json(done_path, done | {"steps": steps, "fingerprint": fingerprint})
         weights, _, _ = load_adapter(adapter_dir)
         return weights, file_sha256(adapter_dir / ADAPTER_WEIGHTS)

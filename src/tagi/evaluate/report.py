@@ -172,33 +172,59 @@ def efficiency_tables(results: dict) -> str:
             f"(relative error {chk['relative_error']:.1e}).\n\n"
             + _table(["scenario", "instruction", "GFLOPs / task", "relative"], rows)
         )
-    rows = []
+    rows, ref = [], _task_seconds(results["methods"].get("no-finetune", {}).get("scores", {}).get("Def+2Pos"))
     for name, m in results["methods"].items():
         for s, sc in m.get("scores", {}).items():
-            t = sc["timing"]
+            t, task_s = sc["timing"], _task_seconds(sc)
             latency = t.get("adapter_latency_s_mean")
-            rows.append([name, s, _f(1000 * t["s_per_instance"], 0), _f(latency and 1000 * latency, 1)])
+            rel = task_s / ref if task_s is not None and ref else None
+            rows.append([name, s, _f(1000 * t["s_per_instance"], 0), _f(latency and 1000 * latency, 1),
+                         _f(task_s, 1), _f(rel, 2)])  # fmt: skip
     if rows:
         parts.append(
-            "Measured wall-clock on this machine (batched greedy generation; adapter generation = "
-            "instruction encoding + one hypernetwork call):\n\n"
-            + _table(["method", "setting", "ms / instance", "adapter generation ms / task"], rows)
+            "Measured wall-clock on this machine (batched greedy generation, the instruction prefix cached "
+            "once per task; adapter generation = instruction encoding + one hypernetwork call). 's / task "
+            "of 100' = 100 x the measured time per instance + one adapter generation, relative to the "
+            "in-context Def+2Pos baseline (no-finetune, prefix-cached):\n\n"
+            + _table(
+                [
+                    "method",
+                    "setting",
+                    "ms / instance",
+                    "adapter generation ms / task",
+                    "s / task of 100",
+                    "relative",
+                ],
+                rows,
+            )  # fmt: skip
         )
     return "\n\n".join(parts)
 
 
+def _task_seconds(score: dict | None) -> float | None:
+    """Seconds for one task of 100 instances from a setting's measured timing (None if not measured)."""
+    if not score or "timing" not in score:
+        return None
+    t = score["timing"]
+    return 100 * t["s_per_instance"] + (t.get("adapter_latency_s_mean") or 0.0)
+
+
 def stage_table(results: dict) -> str:
     """Training stages (from their DONE.json) and the evaluation's own steps."""
-    rows = [[f"train: {name}", _f(wall_seconds(done), 1)] for name, done in results["stages"].items()]
+    rows = [
+        [f"train: {name}", _f(wall_seconds(done), 1), _f(done.get("tokens_per_s"), 0),
+         _f(done.get("peak_memory_mb"), 0)]
+        for name, done in results["stages"].items()
+    ]  # fmt: skip
     timing = results["evaluation_timing"]
     cached = set(timing.get("cached", []))
     rows += [
-        [f"evaluate: {k}" + (" (cached from an earlier run)" if k in cached else ""), _f(v, 1)]
+        [f"evaluate: {k}" + (" (cached from an earlier run)" if k in cached else ""), _f(v, 1), "", ""]
         for k, v in timing["evaluate_s"].items()
     ]
     rows += [
-        ["evaluate: efficiency (FLOPs)", _f(timing.get("efficiency_s"), 1)],
-        ["evaluation total in this run (incl. training it triggered)", _f(timing["total_s"], 1)],
+        ["evaluate: efficiency (FLOPs)", _f(timing.get("efficiency_s"), 1), "", ""],
+        ["evaluation total in this run (incl. training it triggered)", _f(timing["total_s"], 1), "", ""],
     ]
     m = timing.get("machine", {})
     note = (
@@ -206,7 +232,8 @@ def stage_table(results: dict) -> str:
         f"{_f(m.get('load_average_start'))} at the start and {_f(m.get('load_average_end'))} at the end "
         "of the evaluation (other processes slow every wall-clock number here down)."
     )
-    return _table(["step", "wall time (s)"], rows) + (note if m else "")
+    header = ["step", "wall time (s)", "training tokens / s", "peak memory (MB)"]
+    return _table(header, rows) + (note if m else "")
 
 
 def methods_table(results: dict) -> str:

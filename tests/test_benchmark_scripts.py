@@ -1,0 +1,50 @@
+"""The SNI benchmark script's own logic: publishing a report and recording each invocation."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "sni_smollm2.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("sni_smollm2", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _eval_dir(path: Path, config: dict, plots: list[str]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "results.json").write_text(json.dumps({"config": config, "methods": {}}))
+    (path / "report.md").write_text("# report\n")
+    for name in plots:
+        (path / name).write_bytes(b"\x89PNG\r\n\x1a\n")
+    return path
+
+
+def test_publish_copies_the_report_and_keeps_the_invocations(bench, tmp_path):
+    dest = tmp_path / "results"
+    bench.publish(_eval_dir(tmp_path / "e1", {"seed": 0}, ["a.png", "b.png"]), dest, 61.23, "tagi run x")
+    bench.publish(_eval_dir(tmp_path / "e2", {"seed": 0}, ["a.png"]), dest, 5.0, "tagi run x")
+    results = json.loads((dest / "results.json").read_text())
+    assert [r["wall_s"] for r in results["benchmark_invocations"]] == [61.2, 5.0]
+    assert sorted(p.name for p in dest.glob("*.png")) == ["a.png"]  # stale plots do not survive
+    assert (dest / "report.md").read_text() == "# report\n"
+    bench.publish(_eval_dir(tmp_path / "e3", {"seed": 1}, []), dest, 7.0, "tagi run y")
+    results = json.loads((dest / "results.json").read_text())
+    assert [r["command"] for r in results["benchmark_invocations"]] == [
+        "tagi run y"
+    ]  # new config: new history
+
+
+def test_missing_data_folder_is_one_error_line(bench, tmp_path, capsys):
+    assert bench.main(["--sni-dir", str(tmp_path / "nope"), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: SNI data folder not found")
+    assert not (tmp_path / "r").exists()
