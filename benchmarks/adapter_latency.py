@@ -28,12 +28,12 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import peft
 import torch
 import transformers
+from benchtools import median_time
 
 import tagi
 from tagi.backbones import PromptExample, load_backbone
@@ -41,16 +41,6 @@ from tagi.config import HyperConfig, ModelConfig
 from tagi.data import builtin_tasks, format_instruction, format_source
 from tagi.generate import Tagi
 from tagi.model import TagiModel
-
-
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def generation_latency(api: Tagi, tasks, num_pos: int, repeats: int) -> dict:

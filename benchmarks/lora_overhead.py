@@ -16,29 +16,18 @@ import argparse
 import copy
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import peft
 import torch
 import transformers
+from benchtools import median_time
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
 from tagi.backbones import load_backbone
 from tagi.config import ModelConfig
 from tagi.lora import LoraWeights, apply_lora, merged, to_peft_state_dict
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def adapters(backbone, n: int, rank: int, requires_grad: bool = False) -> LoraWeights:
@@ -93,13 +82,13 @@ def main() -> None:
         peft_model.base_model.model.model(input_ids=ids).last_hidden_state.float().pow(2).mean().backward()
 
     rows = {
-        "base forward": timed(fwd, args.repeats),
-        "per-example LoRA hooks (forward)": timed(lambda: fwd(per_example), args.repeats),
-        "shared LoRA hooks (forward)": timed(lambda: fwd(shared), args.repeats),
-        "merged adapter (forward, incl. merge+restore)": timed(fwd_merged, args.repeats),
-        "PEFT LoraModel (forward)": timed(fwd_peft, args.repeats),
-        "per-example LoRA hooks (forward+backward)": timed(train_hooks, args.repeats),
-        "PEFT LoraModel (forward+backward)": timed(train_peft, args.repeats),
+        "base forward": median_time(fwd, args.repeats),
+        "per-example LoRA hooks (forward)": median_time(lambda: fwd(per_example), args.repeats),
+        "shared LoRA hooks (forward)": median_time(lambda: fwd(shared), args.repeats),
+        "merged adapter (forward, incl. merge+restore)": median_time(fwd_merged, args.repeats),
+        "PEFT LoraModel (forward)": median_time(fwd_peft, args.repeats),
+        "per-example LoRA hooks (forward+backward)": median_time(train_hooks, args.repeats),
+        "PEFT LoraModel (forward+backward)": median_time(train_peft, args.repeats),
     }
     base = rows["base forward"]
     print(
