@@ -11,7 +11,6 @@ dot-prefixed temporary) must be complete — JSON parses, safetensors and ``torc
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -48,9 +47,23 @@ COMMAND = {"teachers": "train-teachers", "pretrain": "pretrain", "finetune": "fi
 
 
 def _read(path: Path, load: Callable[[Path], object]) -> None:
-    """Load one file; a file that vanished meanwhile (a folder swap or cleanup) is not an error."""
-    with contextlib.suppress(FileNotFoundError):
-        load(path)
+    """Load one file; a file that vanished meanwhile (a folder swap or cleanup) is not an error.
+
+    safetensors reports a vanished file as a RuntimeError ("No such file or directory"), not as
+    FileNotFoundError. A file swapped in under the same name meanwhile is read again (it must be
+    complete); any other error fails the test.
+    """
+    for _ in range(3):
+        try:
+            load(path)
+            return
+        except FileNotFoundError:
+            pass
+        except RuntimeError as e:
+            if "No such file or directory" not in str(e):
+                raise
+        if not path.exists():
+            return
 
 
 def check_visible_files(stage_dir: Path, backbone, seen: set) -> int:
