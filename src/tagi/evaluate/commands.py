@@ -9,8 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -108,18 +106,6 @@ def demo_config(
     return from_dict(ExperimentConfig, apply_overrides(data, [*extra, *(overrides or [])]))
 
 
-def prefer_passive_openmp() -> None:
-    """Let idle OpenMP threads sleep instead of spin (``OMP_WAIT_POLICY=PASSIVE``) unless the user chose.
-
-    Measured on the 2-core machine with SmolLM2-135M: while another CPU-heavy process ran, spinning threads
-    made greedy decoding of 10 instances 83 s instead of 4.7 s; on an idle machine PASSIVE cost ~8% on a
-    training step and nothing on decoding. OpenMP reads the setting when torch is first imported, so this
-    only acts in a fresh ``tagi`` process (the CLI imports torch lazily).
-    """
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def _print_summary(eval_dir: Path) -> None:
     from tagi.evaluate.report import headline_table
 
@@ -135,7 +121,6 @@ def evaluate(config: str, overrides: list[str] | None = None) -> int:
         config: YAML experiment config.
         overrides: key=value config overrides, e.g. evaluate.methods=[no-finetune,tagi].
     """
-    prefer_passive_openmp()
     from tagi.evaluate.harness import run_evaluation
 
     eval_dir = run_evaluation(load_config(config, overrides))
@@ -154,7 +139,6 @@ def demo(out: str = "runs/demo", sni_dir: str = "", overrides: list[str] | None 
         sni_dir: Run on a Super-NaturalInstructions clone at this path instead of the built-in tasks.
         overrides: key=value config overrides on top of the demo config.
     """
-    prefer_passive_openmp()
     from tagi.backbones import load_backbone
     from tagi.evaluate.harness import run_evaluation
     from tagi.train import stages
