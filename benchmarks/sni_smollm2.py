@@ -4,6 +4,12 @@ Command (from the repository root; at most 100 minutes on 2 CPU cores)::
 
     python benchmarks/sni_smollm2.py [--sni-dir ../shared/data/sni] [key=value ...]
 
+The ablations (HINT-like, TAGI without each component, Hypter-like, the empty instruction, the oracle;
+Def only) reuse that run's stages and write their own report (``evaluate.report_dir``)::
+
+    python benchmarks/sni_smollm2.py --config configs/bench-sni-smollm2-ablations.yaml \
+        --results benchmarks/results/sni-smollm2-ablations
+
 It is ``tagi run configs/bench-sni-smollm2.yaml data.sni_dir=...`` (teachers -> hypernetwork pretraining
 -> distillation finetuning -> the multi-task LoRA and HINT-like baselines -> evaluation of every
 configured method on every test task, Def and Def+2Pos), followed by a copy of the evaluation's
@@ -54,6 +60,7 @@ def publish(eval_dir: Path, dest: Path, wall_s: float, command: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sni-dir", default=str(DEFAULT_SNI), help="a clone of allenai/natural-instructions")
+    parser.add_argument("--config", default=str(CONFIG), help="experiment config (YAML)")
     parser.add_argument("--out", default="runs/bench-sni-smollm2", help="run folder (stages and evaluation)")
     parser.add_argument("--results", default=str(RESULTS), help="where the report is copied")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
@@ -62,14 +69,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: SNI data folder not found: {args.sni_dir} (pass --sni-dir)", file=sys.stderr)
         return 2
     from tagi.cli import main as tagi_main
+    from tagi.config import load_config
 
+    config = Path(args.config).resolve()
     overrides = [f"data.sni_dir={args.sni_dir}", f"out_dir={args.out}", *args.overrides]
-    command = " ".join(["tagi", "run", str(CONFIG.relative_to(ROOT)), *overrides])
+    shown = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
+    command = " ".join(["tagi", "run", str(shown), *overrides])
     start = time.perf_counter()
-    code = tagi_main(["run", str(CONFIG), *overrides])
+    code = tagi_main(["run", str(config), *overrides])
     if code != 0:
         return code
-    publish(Path(args.out) / "eval", Path(args.results), time.perf_counter() - start, command)
+    report_dir = Path(args.out) / load_config(config, overrides).evaluate.report_dir
+    publish(report_dir, Path(args.results), time.perf_counter() - start, command)
     print(f"benchmark finished in {(time.perf_counter() - start) / 60:.1f} min; report in {args.results}")
     return 0
 

@@ -289,6 +289,11 @@ class EvalConfig:
         "'task': one task per batch with one adapter (decoder-only models compute the instruction prefix's "
         "key/value cache once per batch); 'mixed': batches mix tasks, each example carrying its own adapter.",
     )
+    report_dir: str = field_(
+        "eval",
+        "Folder under out_dir for the evaluation: its per-method cache (parts/), results.json, report.md "
+        "and plots. A second method list evaluated on the same run (e.g. the ablations) keeps its own.",
+    )
     efficiency: bool = field_(True, "Measure FLOPs and latency.")
     efficiency_instances: int = field_(100, "Instances per task in the FLOPs comparison (paper: 100).")
     rank_classification: bool = field_(
@@ -316,6 +321,11 @@ class EvalConfig:
             f"evaluate.prompt_settings must be >= 0, got {self.prompt_settings}",
         )
         _check(len(set(self.methods)) == len(self.methods), "evaluate.methods lists a method twice")
+        rd = Path(self.report_dir)
+        _check(
+            bool(self.report_dir) and not rd.is_absolute() and ".." not in rd.parts,
+            f"evaluate.report_dir must be a folder name inside out_dir, got {self.report_dir!r}",
+        )
         for k in ("efficiency_instances", "oracle_instances"):
             _check(getattr(self, k) > 0, f"evaluate.{k} must be > 0, got {getattr(self, k)}")
         for k in ("multitask_steps", "oracle_steps", "new_tokens_from_examples"):

@@ -390,7 +390,7 @@ def evaluate_method(
 
 
 def run_evaluation(cfg: ExperimentConfig, backbone: Backbone | None = None) -> Path:
-    """Evaluate every method of ``cfg.evaluate.methods``; writes and returns ``<out_dir>/eval/``."""
+    """Evaluate every method of ``cfg.evaluate.methods``; writes and returns ``<out_dir>/<report_dir>/``."""
     wall = {"start": time.perf_counter(), "load_start": os.getloadavg()[0]}
     specs = resolve_methods(cfg.evaluate.methods)
     tasks = load_tasks(cfg.data, "test")
@@ -401,7 +401,7 @@ def run_evaluation(cfg: ExperimentConfig, backbone: Backbone | None = None) -> P
     wall["load_s"] = time.perf_counter() - wall["start"]
     need_other = any(s.instruction == "other" for s in specs)
     other = other_task_map([t.name for t in tasks], cfg.seed) if need_other else None
-    eval_dir = Path(cfg.out_dir) / "eval"
+    eval_dir = Path(cfg.out_dir) / cfg.evaluate.report_dir
     factor = cfg.evaluate.new_tokens_from_examples
     budget = {t.name: new_token_budget(t, backbone, factor) for t in tasks}
     pipe = Pipeline(cfg, backbone)
