@@ -48,3 +48,25 @@ def test_missing_data_folder_is_one_error_line(bench, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: SNI data folder not found")
     assert not (tmp_path / "r").exists()
+
+
+def test_main_runs_the_given_config_and_publishes_its_report_dir(bench, tmp_path, monkeypatch):
+    import tagi.cli
+
+    calls = []
+    config = Path(__file__).parents[1] / "configs" / "bench-sni-smollm2-ablations.yaml"
+
+    def fake_run(argv):  # stands in for the real pipeline: writes the report where the config says
+        calls.append(argv)
+        _eval_dir(tmp_path / "run" / "eval-ablations", {"seed": 0}, ["methods.png"])
+        return 0
+
+    monkeypatch.setattr(tagi.cli, "main", fake_run)
+    code = bench.main(["--config", str(config), "--sni-dir", str(tmp_path), "--out", str(tmp_path / "run"),
+                       "--results", str(tmp_path / "r")])  # fmt: skip
+    assert code == 0
+    assert calls[0][:2] == ["run", str(config)] and f"out_dir={tmp_path / 'run'}" in calls[0]
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    command = results["benchmark_invocations"][0]["command"]
+    assert command.startswith("tagi run configs/bench-sni-smollm2-ablations.yaml ")
+    assert (tmp_path / "r" / "methods.png").is_file()

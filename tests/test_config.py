@@ -31,6 +31,9 @@ def test_defaults_and_overrides(tmp_path):
         ("model.family=rnn", "must be one of"),
         ("data.source=sni", "sni_dir is required"),
         ("hyper", "not of the form key=value"),
+        ("evaluate.report_dir=../elsewhere", "report_dir must be a folder name inside out_dir"),
+        ("evaluate.report_dir=/tmp/abs", "report_dir must be a folder name inside out_dir"),
+        ("evaluate.report_dir=", "report_dir must be a folder name inside out_dir"),
     ],
 )
 def test_bad_values_fail_with_the_key(override, message):

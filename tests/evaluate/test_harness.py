@@ -110,6 +110,20 @@ def test_rerun_reuses_finished_methods(llama_run, tmp_path: Path, monkeypatch) -
     )  # as computed
 
 
+def test_a_second_method_list_keeps_its_own_report(llama_run, tmp_path: Path) -> None:
+    src, backbone, _ = llama_run
+    out = copy_run(src, tmp_path / "run")
+    shutil.copytree(src / "eval", out / "eval")  # the headline report of the run
+    main = (out / "eval" / "results.json").read_bytes()
+    cfg = tiny_config(out, ["evaluate.methods=[no-finetune]", "evaluate.efficiency=false",
+                            "evaluate.report_dir=eval-ablations"])  # fmt: skip
+    eval_dir = run_evaluation(cfg, backbone)
+    assert eval_dir == out / "eval-ablations"
+    assert list(json.loads((eval_dir / "results.json").read_text())["methods"]) == ["no-finetune"]
+    assert (eval_dir / "parts" / "no-finetune.json").is_file()
+    assert (out / "eval" / "results.json").read_bytes() == main  # the first report is untouched
+
+
 def test_mixed_batches_give_the_same_predictions(llama_run, tmp_path: Path) -> None:
     src, backbone, _ = llama_run
     preds = {}
