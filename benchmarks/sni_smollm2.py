@@ -35,11 +35,29 @@ RESULTS = ROOT / "benchmarks" / "results" / "sni-smollm2"
 COPIED = ("results.json", "report.md")
 
 
+def same_settings(old: dict, new: dict) -> bool:
+    """Whether ``new`` is ``old``, possibly with keys that did not exist when ``old`` was recorded.
+
+    A newer tagi may add config fields (with defaults); a rerun under it still reuses the stages and
+    methods of the earlier invocation, whose fingerprints it checks itself, so the history stays.
+    """
+    for key, value in old.items():
+        if key not in new:
+            return False
+        if isinstance(value, dict) and isinstance(new[key], dict):
+            if not same_settings(value, new[key]):
+                return False
+        elif value != new[key]:
+            return False
+    return True
+
+
 def publish(eval_dir: Path, dest: Path, wall_s: float, command: str) -> None:
     """Copy the report (results.json, report.md, PNGs) into ``dest`` and record this invocation.
 
-    ``benchmark_invocations`` lists every invocation that published the same config, with its command and
-    wall time: the first one did the work, a rerun only reuses finished stages and cached methods.
+    ``benchmark_invocations`` lists every invocation that published the same config (:func:`same_settings`),
+    with its command and wall time: the first one did the work, a rerun only reuses finished stages and
+    cached methods.
     """
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / "results.json"
@@ -49,7 +67,8 @@ def publish(eval_dir: Path, dest: Path, wall_s: float, command: str) -> None:
     for path in [*(eval_dir / name for name in COPIED), *sorted(eval_dir.glob("*.png"))]:
         shutil.copy2(path, dest / path.name)
     results = json.loads(target.read_text())
-    history = previous.get("benchmark_invocations", []) if previous.get("config") == results["config"] else []
+    same = "config" in previous and same_settings(previous["config"], results["config"])
+    history = previous.get("benchmark_invocations", []) if same else []
     run = {"command": command, "wall_s": round(wall_s, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     results["benchmark_invocations"] = [*history, run]
     tmp = dest / "results.json.tmp"

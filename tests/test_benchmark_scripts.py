@@ -43,6 +43,14 @@ def test_publish_copies_the_report_and_keeps_the_invocations(bench, tmp_path):
     ]  # new config: new history
 
 
+def test_a_newer_config_field_keeps_the_history(bench):
+    old = {"seed": 0, "evaluate": {"methods": ["tagi"]}}
+    assert bench.same_settings(old, {"seed": 0, "evaluate": {"methods": ["tagi"], "report_dir": "eval"}})
+    assert not bench.same_settings(old, {"seed": 1, "evaluate": {"methods": ["tagi"]}})
+    assert not bench.same_settings(old, {"seed": 0, "evaluate": {"methods": ["tagi", "oracle"]}})
+    assert not bench.same_settings(old, {"seed": 0})
+
+
 def test_missing_data_folder_is_one_error_line(bench, tmp_path, capsys):
     assert bench.main(["--sni-dir", str(tmp_path / "nope"), "--results", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -46,8 +46,17 @@ def test_every_method_gets_a_row_and_the_files_exist(llama_run) -> None:
     headline = (eval_dir / "report.md").read_text().split("## Headline")[1].split("##")[0]
     for name in METHODS:
         assert f"| {name} |" in headline
-    for png in ("methods.png", "categories.png"):
+    for png in ("methods.png", "categories.png", "paired.png"):
         assert (eval_dir / png).read_bytes().startswith(PNG)
+    paired = (eval_dir / "report.md").read_text().split("## Paired over tasks")[1].split("##")[0]
+    evaluated_others = [n for n, m in results["methods"].items() if "scores" in m and n != "tagi"]
+    for name in evaluated_others:  # every other evaluated method is compared with TAGI, in both settings
+        assert f"| {name} |" in paired
+        for s in ("Def", "Def+2Pos"):
+            d = results["paired"]["by_setting"][s][name]
+            ref, other = results["methods"]["tagi"]["scores"][s], results["methods"][name]["scores"][s]
+            diffs = [ref["per_task"][t]["rougeL"] - other["per_task"][t]["rougeL"] for t in ref["per_task"]]
+            assert d["tasks"] == N_TASKS and d["mean"] == pytest.approx(sum(diffs) / len(diffs))
     evaluated = [m for m in results["methods"].values() if "scores" in m]
     rows = (eval_dir / "predictions.jsonl").read_text().splitlines()
     assert len(rows) == len(evaluated) * 2 * N_TASKS * N_INST

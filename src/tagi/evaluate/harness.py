@@ -51,6 +51,7 @@ from tagi.data.prompts import format_source
 from tagi.data.select import load_tasks, split_validation, task_examples
 from tagi.data.sni import DataError, Task
 from tagi.evaluate import report
+from tagi.evaluate.compare import paired_comparisons
 from tagi.evaluate.methods import (
     MethodSpec,
     instructions_for,
@@ -487,11 +488,12 @@ def assemble(
         if "settings" not in m:
             del entry["scores"]
         table[name] = entry
+    settings = [setting_name(k) for k in cfg.evaluate.prompt_settings]
     return {
         "format": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seed": cfg.seed,
-        "settings": [setting_name(k) for k in cfg.evaluate.prompt_settings],
+        "settings": settings,
         "test_tasks": [
             {
                 "name": t.name,
@@ -503,6 +505,7 @@ def assemble(
         ],  # fmt: skip
         "other_instruction_map": other,
         "methods": table,
+        "paired": paired_comparisons(table, settings, cfg.seed),
         "efficiency": efficiency,
         "stages": report.stage_times(Path(cfg.out_dir)),
         "evaluation_timing": timings,

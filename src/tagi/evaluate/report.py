@@ -129,6 +129,37 @@ def headline_table(results: dict) -> str:
     return _table(header, rows)
 
 
+def paired_table(results: dict) -> str:
+    """TAGI minus every other method, per setting: mean per-task Δ, its interval, wins/losses/ties."""
+    paired = results.get("paired") or {}
+    by_setting = paired.get("by_setting", {})
+    if not by_setting:
+        return ""
+    settings = list(by_setting)
+    names = list(dict.fromkeys(n for s in settings for n in by_setting[s]))
+    header = [f"{paired['reference']} minus"]
+    for s in settings:
+        header += [f"{s} Δ Rouge-L", f"{s} {paired['confidence']:.0%} CI", f"{s} W/L/T"]
+    rows = []
+    for name in names:
+        row = [name]
+        for s in settings:
+            d = by_setting[s].get(name)
+            if d is None or d["mean"] is None:
+                row += ["–"] * 3
+                continue
+            ci = "–" if d["ci_low"] is None else f"{d['ci_low']:+.1f} … {d['ci_high']:+.1f}"
+            row += [f"{d['mean']:+.1f}", ci, f"{d['wins']}/{d['losses']}/{d['ties']}"]
+        rows.append(row)
+    intro = (
+        f"Per task t: d_t = Rouge-L of {paired['reference']} − Rouge-L of the method (each the mean over "
+        f"the task's instances); the mean over tasks, its {paired['confidence']:.0%} {paired['method']} "
+        f"({paired['n_resamples']} resamples, seed {paired['seed']}) and the tasks won/lost/tied. For an "
+        "ablation, Δ is the effect of the removed component (positive: it helps).\n\n"
+    )
+    return intro + _table(header, rows)
+
+
 def category_tables(results: dict) -> str:
     parts = []
     for s in results["settings"]:
@@ -261,8 +292,13 @@ def render_markdown(results: dict) -> str:
         f"{'/'.join(map(str, n_inst))} instances each · seed {results['seed']} · {results['created']}.\n"
         f"Produced by: `{results.get('command', '')}`. Greedy decoding; metric = the official SNI scorer "
         "(Rouge-L F and exact match, ×100). Files: `results.json` (everything), `predictions.jsonl`, "
-        "`methods.png`, `categories.png`.",
+        "`methods.png`, `categories.png`, `paired.png`.",
         "## Headline: unseen tasks\n\n" + headline_table(results),
+    ]
+    paired = paired_table(results)
+    if paired:
+        sections.append("## Paired over tasks\n\n" + paired + "\n\n![paired](paired.png)")
+    sections += [
         "## Per category\n\n" + category_tables(results),
     ]
     rank = rank_table(results)
@@ -301,6 +337,37 @@ def plot_methods(results: dict, path: Path) -> None:
     ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
     ax.set_ylabel("Rouge-L (unseen tasks)")
     ax.set_title(f"{results['config']['model']['name']}: methods side by side")
+    ax.legend()
+    fig.tight_layout()
+    _atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def plot_paired(results: dict, path: Path) -> None:
+    """Forest plot: the reference minus each method, mean per-task Δ with its interval, per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paired = results["paired"]
+    settings = list(paired["by_setting"])
+    names = list(dict.fromkeys(n for s in settings for n in paired["by_setting"][s]))
+    fig, ax = plt.subplots(figsize=(7.0, 0.45 * len(names) * len(settings) + 1.5))
+    step = 0.8 / len(settings)
+    for j, s in enumerate(settings):
+        rows = [(i, paired["by_setting"][s].get(n)) for i, n in enumerate(names)]
+        rows = [(i, d) for i, d in rows if d and d["ci_low"] is not None]
+        ys = [i + (j - (len(settings) - 1) / 2) * step for i, _ in rows]
+        means = [d["mean"] for _, d in rows]
+        err = [[d["mean"] - d["ci_low"] for _, d in rows], [d["ci_high"] - d["mean"] for _, d in rows]]
+        ax.errorbar(means, ys, xerr=err, fmt="o", capsize=3, label=s)
+    ax.axvline(0, color="grey", lw=1)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(
+        f"{paired['reference']} minus method: mean per-task Δ Rouge-L ({paired['confidence']:.0%} CI)"
+    )
     ax.legend()
     fig.tight_layout()
     _atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
@@ -356,3 +423,5 @@ def write_all(eval_dir: Path, results: dict, predictions: list[dict]) -> None:
     write_text(eval_dir / "report.md", render_markdown(results))
     plot_methods(results, eval_dir / "methods.png")
     plot_categories(results, eval_dir / "categories.png")
+    if results.get("paired", {}).get("by_setting"):
+        plot_paired(results, eval_dir / "paired.png")
