@@ -53,6 +53,36 @@ def test_labels_cover_target_tokens_only(backbone):
     assert rows.tolist() == sorted(rows.tolist())
 
 
+def test_forward_logits_equal_the_models_own_at_label_positions(backbone):
+    """Our forward projects only label positions; transformers' forward projects all. Same rows."""
+    batch = backbone.collate(EXS, "concat")
+    torch.manual_seed(3)
+    adapter = random_adapter(backbone, n=len(EXS))
+    cfg = backbone.model.config
+    scales = [True, False] if backbone.family == "seq2seq" else [None]  # T5: tied (scaled) and untied head
+    original = getattr(cfg, "scale_decoder_outputs", None)
+    try:
+        for scale in scales:
+            if scale is not None:
+                cfg.scale_decoder_outputs = scale
+            logits, labels, _ = backbone.forward(batch, adapter)
+            with torch.no_grad(), apply_lora(backbone.model, adapter):
+                if backbone.family == "seq2seq":
+                    full = backbone.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                          labels=batch.labels).logits  # [N, L, V]  # fmt: skip
+                    ref = full[batch.labels != IGNORE]
+                else:
+                    full = backbone.model(
+                        input_ids=batch.input_ids, attention_mask=batch.attention_mask
+                    ).logits
+                    ref = full[:, :-1][batch.labels[:, 1:] != IGNORE]  # token t predicts t+1
+            assert logits.shape == ref.shape and labels.shape == (ref.shape[0],)
+            torch.testing.assert_close(logits.detach(), ref, atol=1e-5, rtol=1e-5)
+    finally:
+        if original is not None:
+            cfg.scale_decoder_outputs = original
+
+
 def test_causal_prefix_cache_equals_full_prompt(backbones):
     """Logits with the instruction's KV cache (computed with the adapter) == the whole prompt at once."""
     bb = backbones["tiny-llama"]

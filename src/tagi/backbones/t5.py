@@ -125,17 +125,25 @@ class T5Backbone(Backbone):
 
     def forward(self, batch, adapter=None, fuse_states=None):
         fs = self._fuse_states(batch, fuse_states)
+        sel = batch.labels != IGNORE  # [N, L]
         with apply_lora(self.model, adapter):
             enc, mask = self._encode(batch, fs)  # [N, Ti+S, d]
             dec_in = self.model._shift_right(batch.labels)  # [N, L]; -100 -> pad
-            logits = self.model(
-                encoder_outputs=BaseModelOutput(last_hidden_state=enc),
-                attention_mask=mask,
-                decoder_input_ids=dec_in,
-            ).logits  # [N, L, V]
-        sel = batch.labels != IGNORE
+            hidden = self.model.decoder(
+                input_ids=dec_in, encoder_hidden_states=enc, encoder_attention_mask=mask, use_cache=False
+            ).last_hidden_state  # [N, L, d]
+        # the vocabulary projection only at label positions (padding never costs an [*, V] row)
+        hidden = hidden[sel]  # [M, d]
+        if self._scale_decoder_outputs:
+            hidden = hidden * self.model.model_dim**-0.5
         rows = torch.arange(sel.shape[0], device=sel.device)[:, None].expand_as(sel)[sel]
-        return logits[sel], batch.labels[sel], rows
+        return self.model.lm_head(hidden), batch.labels[sel], rows  # [M, V], [M], [M]
+
+    @property
+    def _scale_decoder_outputs(self) -> bool:
+        """T5 rescales decoder outputs by d_model^-0.5 before a tied lm_head (transformers' own rule)."""
+        cfg = self.model.config
+        return bool(getattr(cfg, "scale_decoder_outputs", cfg.tie_word_embeddings))
 
     @torch.no_grad()
     def generate(
