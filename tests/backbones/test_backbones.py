@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from tagi.backbones import PromptExample
@@ -103,6 +104,33 @@ def test_causal_generate_shared_prefix_equals_unshared(backbones):
     together = bb.generate(EXS, w, "fuse", max_new_tokens=6)
     alone = [bb.generate([e], w, "fuse", max_new_tokens=6)[0] for e in EXS]
     assert together == alone
+
+
+@pytest.mark.parametrize("per_row", [True, False])
+def test_causal_rows_that_stop_leave_the_batch(backbones, monkeypatch, per_row):
+    """A row that emits a stop token is dropped from the batch; every row still decodes as if alone."""
+    bb = backbones["tiny-llama"]
+    torch.manual_seed(5)
+    w = random_adapter(bb, 3 if per_row else 1, scale=1.0)
+    row_adapter = [w.index([i]) if per_row else w for i in range(3)]
+    monkeypatch.setattr(bb, "_decode", lambda gen: gen.tolist())  # token ids instead of text
+    monkeypatch.setattr(bb, "stop_ids", set())
+    ids = bb.generate(EXS, w, "fuse", max_new_tokens=8)  # nothing stops: 8 tokens per row
+    stop = next(t for t in ids[0] if t not in ids[1])  # row 0 stops early, row 1 never does
+    monkeypatch.setattr(bb, "stop_ids", {stop})
+    monkeypatch.delattr(bb, "_decode")
+    sizes = []
+    hook = bb.model.register_forward_pre_hook(
+        lambda m, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        together = bb.generate(EXS, w, "fuse", max_new_tokens=8)
+    finally:
+        hook.remove()
+    alone = [bb.generate([e], row_adapter[i], "fuse", max_new_tokens=8)[0] for i, e in enumerate(EXS)]
+    assert together == alone
+    decode_sizes = sizes[1:] if not per_row else sizes  # a shared adapter first encodes the prefix once
+    assert decode_sizes[0] == 3 and min(decode_sizes) < 3 and len(decode_sizes) == 8
 
 
 def test_t5_fusion_attends_over_instruction(backbones):

@@ -169,52 +169,56 @@ class CausalBackbone(Backbone):
         suffixes = [self.suffix_ids(e.source) for e in examples]
         shared = all(p == prefixes[0] for p in prefixes) and (adapter is None or adapter.batch_size == 1)
         dev = self.device
-        with apply_lora(self.model, adapter):
-            cache, prefix_len = None, 0
-            if shared and prefixes[0]:
-                # the instruction prefix is encoded once (adapter active) and its cache reused by all rows
-                pre = torch.tensor([prefixes[0]], device=dev)
+        cache, prefix_len = None, 0
+        if shared and prefixes[0]:
+            # the instruction prefix is encoded once (adapter active) and its cache reused by all rows
+            pre = torch.tensor([prefixes[0]], device=dev)
+            with apply_lora(self.model, adapter):
                 cache = self.model(input_ids=pre, use_cache=True, logits_to_keep=1).cache
-                cache.batch_repeat_interleave(n)
-                prefix_len = pre.shape[1]
-                ids, mask = pad_left(suffixes, self.pad_id)
-            else:
-                ids, mask = pad_left([p + s for p, s in zip(prefixes, suffixes)], self.pad_id)
-            ids, mask = ids.to(dev), mask.to(dev)
-            attn = torch.cat([torch.ones(n, prefix_len, dtype=torch.long, device=dev), mask], 1)
-            pos = (attn.cumsum(-1) - 1).clamp_min(0)[:, prefix_len:]
-            return self._decode_loop(ids, attn, pos, cache, max_new_tokens, temperature, top_p, generator)
-
-    def _decode_loop(self, ids, attn, pos, cache, max_new_tokens, temperature, top_p, generator) -> list[str]:
-        n, limit = ids.shape[0], max_new_tokens or self.cfg.max_target_tokens
-        out = self.model(
-            input_ids=ids,
-            attention_mask=attn,
-            position_ids=pos,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
+            cache.batch_repeat_interleave(n)
+            prefix_len = pre.shape[1]
+            ids, mask = pad_left(suffixes, self.pad_id)
+        else:
+            ids, mask = pad_left([p + s for p, s in zip(prefixes, suffixes)], self.pad_id)
+        ids, mask = ids.to(dev), mask.to(dev)
+        attn = torch.cat([torch.ones(n, prefix_len, dtype=torch.long, device=dev), mask], 1)
+        pos = (attn.cumsum(-1) - 1).clamp_min(0)[:, prefix_len:]
+        return self._decode_loop(
+            ids, attn, pos, cache, adapter, max_new_tokens, temperature, top_p, generator
         )
-        finished = torch.zeros(n, dtype=torch.bool, device=ids.device)
+
+    def _decode_loop(
+        self, ids, attn, pos, cache, adapter, max_new_tokens, temperature, top_p, generator
+    ) -> list[str]:
+        """Decode up to ``max_new_tokens`` for the ``N`` prompts ``ids`` (left-padded, after ``cache``).
+
+        A row leaves the batch as soon as it emits a stop token: its key/value cache, mask, positions and
+        (per-row) adapter are dropped, so the remaining steps cost what the unfinished rows cost.
+        """
+        n, limit = ids.shape[0], max_new_tokens or self.cfg.max_target_tokens
         stop = torch.tensor(sorted(self.stop_ids), device=ids.device)
-        tokens: list[torch.Tensor] = []
-        for _ in range(limit):
-            nxt = sample_next(out.logits[:, -1], temperature, top_p, generator)  # [N]
-            nxt = torch.where(finished, torch.full_like(nxt, self.pad_id), nxt)
-            tokens.append(nxt)
-            finished |= torch.isin(nxt, stop)
-            if bool(finished.all()):
+        gen = torch.full((n, limit), self.pad_id, dtype=torch.long, device=ids.device)  # [N, limit]
+        alive = torch.arange(n, device=ids.device)  # original index of every row still decoding, [A]
+        per_row = adapter is not None and adapter.batch_size > 1
+        weights, steps = adapter, 0
+        for step in range(limit):
+            with apply_lora(self.model, weights):
+                out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, cache=cache,
+                                 use_cache=True, logits_to_keep=1)  # fmt: skip
+            cache, steps = out.cache, step + 1
+            nxt = sample_next(out.logits[:, -1], temperature, top_p, generator)  # [A]
+            gen[alive, step] = nxt
+            going = ~torch.isin(nxt, stop)  # [A]
+            if not bool(going.any()):
                 break
-            attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype, device=attn.device)], 1)
-            pos = pos[:, -1:] + 1
-            out = self.model(
-                input_ids=nxt[:, None],
-                attention_mask=attn,
-                position_ids=pos,
-                cache=out.cache,
-                use_cache=True,
-            )
-        return self._decode(torch.stack(tokens, 1) if tokens else ids.new_zeros(n, 0))
+            if not bool(going.all()):  # compact: finished rows leave the batch
+                keep = going.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                attn, pos, nxt, alive = attn[keep], pos[keep], nxt[keep], alive[keep]
+                weights = adapter.index(alive) if per_row else adapter
+            attn = torch.cat([attn, torch.ones(len(alive), 1, dtype=attn.dtype, device=attn.device)], 1)
+            pos, ids = pos[:, -1:] + 1, nxt[:, None]
+        return self._decode(gen[:, :steps])
 
     def _decode(self, gen: torch.Tensor) -> list[str]:
         texts = []
