@@ -5,7 +5,8 @@
 
 On the first ``--tasks`` English SNI test tasks (``--instances`` each, Def prompts, one batch per task with
 its instruction prefix cached once, the task's decoding budget from its positive examples as in the
-benchmark), with SmolLM2-135M-Instruct (the SNI benchmark's model settings) and no adapter, it times side by side in one process:
+benchmark), with SmolLM2-135M-Instruct (the SNI benchmark's model settings) and no adapter, it times side
+by side in one process:
 
 - **tagi**: ``CausalBackbone.generate``; a row that emits a stop token leaves the batch (its key/value
   cache, mask and positions are dropped);
