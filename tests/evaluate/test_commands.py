@@ -38,6 +38,7 @@ def test_tagi_evaluate_cli_writes_a_report(tmp_path: Path, capsys) -> None:
     assert main(["evaluate", str(TINY_YAML), *overrides]) == 0
     out = capsys.readouterr().out
     assert f"report: {tmp_path / 'eval' / 'report.md'}" in out and "| tagi |" in out
+    assert "| tagi minus |" in out and "| no-finetune | " in out.split("| tagi minus |")[1]  # paired table
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert list(results["methods"]) == ["no-finetune", "tagi"]
 

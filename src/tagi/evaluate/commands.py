@@ -107,11 +107,14 @@ def demo_config(
 
 
 def _print_summary(eval_dir: Path) -> None:
-    from tagi.evaluate.report import headline_table
+    from tagi.evaluate.report import headline_table, paired_table
 
     results = json.loads((eval_dir / "results.json").read_text())
     print(f"\nreport: {eval_dir / 'report.md'}\n")
     print(headline_table(results))
+    paired = paired_table(results)
+    if paired:
+        print("\n" + paired)
 
 
 def evaluate(config: str, overrides: list[str] | None = None) -> int:
