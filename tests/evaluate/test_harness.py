@@ -73,6 +73,10 @@ def test_every_method_gets_a_row_and_the_files_exist(llama_run) -> None:
         results["stages"]
     )
     assert results["versions"]["torch"] and results["seed"] == 0
+    stage_rows = (eval_dir / "report.md").read_text().split("## Wall time per stage")[1].split("##")[0]
+    finetune_row = next(r for r in stage_rows.splitlines() if r.startswith("| train: finetune |"))
+    val = results["stages"]["finetune"]["validation"]  # the held-out training tasks' CE, per setting
+    assert f"Def {val['val_ce_pos0']:.3f}, Def+2Pos {val['val_ce_pos2']:.3f}" in finetune_row
 
 
 def test_methods_use_their_training_variant(llama_run) -> None:

@@ -240,22 +240,33 @@ def _task_seconds(score: dict | None) -> float | None:
     return 100 * t["s_per_instance"] + (t.get("adapter_latency_s_mean") or 0.0)
 
 
+def _validation(done: dict) -> str:
+    """A finetuning's CE on the validation tasks per prompt setting (``val_ce_pos2`` -> ``Def+2Pos``)."""
+    val = done.get("validation") or {}
+    parts = []
+    for key, value in val.items():
+        k = key.removeprefix("val_ce_pos")
+        name = ("Def" if k == "0" else f"Def+{k}Pos") if k.isdigit() else key
+        parts.append(f"{name} {value:.3f}")
+    return ", ".join(parts)
+
+
 def stage_table(results: dict) -> str:
     """Training stages (from their DONE.json) and the evaluation's own steps."""
     rows = [
         [f"train: {name}", _f(wall_seconds(done), 1), _f(done.get("tokens_per_s"), 0),
-         _f(done.get("peak_memory_mb"), 0)]
+         _f(done.get("peak_memory_mb"), 0), _validation(done)]
         for name, done in results["stages"].items()
     ]  # fmt: skip
     timing = results["evaluation_timing"]
     cached = set(timing.get("cached", []))
     rows += [
-        [f"evaluate: {k}" + (" (cached from an earlier run)" if k in cached else ""), _f(v, 1), "", ""]
+        [f"evaluate: {k}" + (" (cached from an earlier run)" if k in cached else ""), _f(v, 1), "", "", ""]
         for k, v in timing["evaluate_s"].items()
     ]
     rows += [
-        ["evaluate: efficiency (FLOPs)", _f(timing.get("efficiency_s"), 1), "", ""],
-        ["evaluation total in this run (incl. training it triggered)", _f(timing["total_s"], 1), "", ""],
+        ["evaluate: efficiency (FLOPs)", _f(timing.get("efficiency_s"), 1), "", "", ""],
+        ["evaluation total in this run (incl. training it triggered)", _f(timing["total_s"], 1), "", "", ""],
     ]
     m = timing.get("machine", {})
     note = (
@@ -263,7 +274,8 @@ def stage_table(results: dict) -> str:
         f"{_f(m.get('load_average_start'))} at the start and {_f(m.get('load_average_end'))} at the end "
         "of the evaluation (other processes slow every wall-clock number here down)."
     )
-    header = ["step", "wall time (s)", "training tokens / s", "peak memory (MB)"]
+    header = ["step", "wall time (s)", "training tokens / s", "peak memory (MB)",
+              "validation CE (held-out training tasks)"]  # fmt: skip
     return _table(header, rows) + (note if m else "")
 
 
