@@ -127,3 +127,12 @@ def test_stack_folds_scaling():
     s = LoraWeights.stack([a, b])
     assert torch.allclose(s.delta("m")[1], b.delta("m")[0])
     assert torch.allclose(s.delta("m")[0], a.delta("m")[0])
+
+
+def test_gram_equals_explicit_delta_inner_products():
+    torch.manual_seed(0)
+    a = {"m1": torch.randn(4, 3, 7), "m2": torch.randn(4, 3, 5)}
+    b = {"m1": torch.randn(4, 6, 3), "m2": torch.randn(4, 2, 3)}
+    w = LoraWeights(a, b, scaling=0.7)
+    flat = torch.stack([torch.cat([w.delta(m)[i].flatten() for m in w.names]) for i in range(4)])  # [4, D]
+    torch.testing.assert_close(w.gram(), flat @ flat.T, rtol=1e-5, atol=1e-5)

@@ -95,6 +95,20 @@ class LoraWeights:
             self.scaling,
         )
 
+    def gram(self) -> torch.Tensor:
+        """Inner products of the batch's adapters, summed over modules: ``G[i, j] = Σ_m <dW_i^m, dW_j^m>_F``.
+
+        ``[N, N]``, from the factors without forming any ``dW``:
+        ``<B_i A_i, B_j A_j>_F = Σ_{r,s} (B_i^T B_j)[r, s] · (A_i A_j^T)[r, s]`` (times ``s^2``).
+        """
+        total = torch.zeros(self.batch_size, self.batch_size)
+        for name in self.names:
+            a, b = self.A[name].float().cpu(), self.B[name].float().cpu()  # [N, r, in], [N, out, r]
+            bb = torch.einsum("nor,mos->nmrs", b, b)  # [N, N, r, r]
+            aa = torch.einsum("nri,msi->nmrs", a, a)  # [N, N, r, r]
+            total += (bb * aa).sum((2, 3))
+        return self.scaling**2 * total
+
     def delta(self, name: str) -> torch.Tensor:
         """The weight update ``s * B @ A`` of one module: ``[N, out, in]``."""
         return self.scaling * self.B[name] @ self.A[name]

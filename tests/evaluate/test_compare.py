@@ -6,8 +6,9 @@ import math
 import random
 
 import pytest
+import torch
 
-from tagi.evaluate.compare import paired_comparisons, paired_difference
+from tagi.evaluate.compare import adapter_spread, paired_comparisons, paired_difference
 
 
 def _method(per_task: dict[str, float], setting: str = "Def") -> dict:
@@ -61,3 +62,18 @@ def test_comparisons_table_reference_and_missing_settings() -> None:
     assert list(out["by_setting"]["Def"]) == ["no-finetune"]
     assert out["by_setting"]["Def"]["no-finetune"]["mean"] == pytest.approx(3.0)
     assert paired_comparisons({"no-finetune": methods["no-finetune"]}, ["Def"], seed=0) == {}
+
+
+def test_adapter_spread_known_cases() -> None:
+    same = adapter_spread(torch.full((3, 3), 4.0))  # one adapter (norm 2) for every task
+    assert same["mean_cosine"] == pytest.approx(1.0) and same["task_specific_share"] == pytest.approx(0.0)
+    assert same["mean_norm"] == pytest.approx(2.0)
+    ortho = adapter_spread(torch.eye(4) * 9.0)  # orthogonal adapters of equal norm
+    assert ortho["mean_cosine"] == pytest.approx(0.0) and ortho["task_specific_share"] == pytest.approx(0.75)
+    torch.manual_seed(0)
+    shared, own = torch.randn(1, 50), torch.randn(5, 50) * 0.5  # dW_i = shared + own_i, computed directly
+    dw = (shared + own).double()
+    spread = adapter_spread(dw @ dw.T)
+    mean = dw.mean(0)
+    expect = 1 - float(mean @ mean) / float((dw * dw).sum(1).mean())
+    assert spread["task_specific_share"] == pytest.approx(expect, rel=1e-6)

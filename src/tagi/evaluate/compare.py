@@ -1,4 +1,6 @@
-"""Paired comparisons over test tasks: is the reference method better than another one, and by how much?
+"""Paired comparisons over test tasks, and how different a set of adapters is.
+
+**Is the reference method better than another one, and by how much?**
 
 Two methods evaluated on the same test tasks under one prompt setting give, for each task ``t``, the
 difference of the task's Rouge-L (×100, the mean over its instances)::
@@ -15,6 +17,15 @@ Tasks, not instances, are resampled: the claim under test is that a method carri
 and the instances of one task are not independent draws. The reference is TAGI, compared with every
 other evaluated method, so for an ablation "TAGI - (TAGI without X)" is the effect of X (positive: X
 helps), and for a baseline it is TAGI's margin over it.
+
+**How task-specific are adapters?** (:func:`adapter_spread`) For ``N`` adapters with updates
+``dW_i`` (all modules together) and Gram matrix ``G[i, j] = <dW_i, dW_j>_F``::
+
+    mean cosine          = mean_{i != j} G_ij / sqrt(G_ii G_jj)
+    task-specific share  = 1 - ||mean_i dW_i||^2 / mean_i ||dW_i||^2 = 1 - Σ_ij G_ij / (N Σ_i G_ii)
+
+The share is the fraction of the adapters' squared norm that is not common to all of them: 0 when every
+task gets the same adapter, 1 - 1/N for orthogonal adapters of equal norm.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import torch
 
 REFERENCE = "tagi"
 """The method every other one is compared with (when it was evaluated)."""
@@ -83,3 +95,20 @@ def paired_comparisons(methods: dict, settings: list[str], seed: int, metric: st
         by_setting[setting] = rows
     return {"reference": REFERENCE, "metric": metric, "confidence": CONFIDENCE, "n_resamples": N_RESAMPLES,
             "method": "BCa bootstrap over tasks", "seed": seed, "by_setting": by_setting}  # fmt: skip
+
+
+def adapter_spread(gram: torch.Tensor) -> dict:
+    """Mean pairwise cosine, task-specific share and mean norm of ``N`` adapters from their Gram matrix."""
+    g = gram.double()
+    n = g.shape[0]
+    norms = g.diagonal().clamp_min(0).sqrt()  # [N]
+    cos = g / (norms[:, None] * norms[None, :]).clamp_min(1e-30)
+    off = ~torch.eye(n, dtype=torch.bool)
+    return {
+        "adapters": n,
+        "mean_cosine": float(cos[off].mean()) if n > 1 else None,
+        "task_specific_share": float(1 - g.sum() / (n * g.diagonal().sum()))
+        if g.diagonal().sum() > 0
+        else 0.0,
+        "mean_norm": float(norms.mean()),
+    }
