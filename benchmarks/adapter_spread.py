@@ -45,9 +45,11 @@ def checkpoint(run: Path, name: str) -> Path:
 
 
 @torch.no_grad()
-def generated(model: TagiModel, texts: list[str], batch: int = 8) -> LoraWeights:
-    """Adapters for the texts (one per text; the evaluation's instruction encoding and hypernet call)."""
-    cache = InstructionCache()
+def generated(model: TagiModel, texts: list[str], cache: InstructionCache, batch: int = 8) -> LoraWeights:
+    """Adapters for the texts (one per text; the evaluation's instruction encoding and hypernet call).
+
+    The encodings come from the frozen base model, so one ``cache`` serves every checkpoint.
+    """
     parts = [model.adapters(texts[i : i + batch], cache).detach() for i in range(0, len(texts), batch)]
     return LoraWeights.stack(parts)
 
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     bb = load_backbone(cfg.model)
     tasks = load_tasks(cfg.data, "test")
     texts = [format_instruction(t, args.num_pos) for t in tasks]
-    rows = {}
+    rows, cache = {}, InstructionCache()
     _, teachers = load_teachers(run / "teachers")
     teacher_set = LoraWeights.stack(list(teachers.values()))
     rows["teachers (stage 0, one per category)"] = adapter_spread(teacher_set.gram())
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         model = TagiModel.load(ckpt, bb)
         hyper_texts = [""] * len(texts) if METHODS[name].hyper_input == "empty" else texts
-        rows[name] = adapter_spread(generated(model, hyper_texts).gram()) | {"checkpoint": str(ckpt)}
+        rows[name] = adapter_spread(generated(model, hyper_texts, cache).gram()) | {"checkpoint": str(ckpt)}
     print(
         f"\n{'adapters':40s} {'n':>4s} {'mean cosine':>12s} {'task-specific share':>20s} {'mean norm':>10s}"
     )
