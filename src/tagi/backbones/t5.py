@@ -134,16 +134,10 @@ class T5Backbone(Backbone):
             ).last_hidden_state  # [N, L, d]
         # the vocabulary projection only at label positions (padding never costs an [*, V] row)
         hidden = hidden[sel]  # [M, d]
-        if self._scale_decoder_outputs:
+        if self.model.config.scale_decoder_outputs:  # T5 rescales before a tied lm_head (transformers' rule)
             hidden = hidden * self.model.model_dim**-0.5
         rows = torch.arange(sel.shape[0], device=sel.device)[:, None].expand_as(sel)[sel]
         return self.model.lm_head(hidden), batch.labels[sel], rows  # [M, V], [M], [M]
-
-    @property
-    def _scale_decoder_outputs(self) -> bool:
-        """T5 rescales decoder outputs by d_model^-0.5 before a tied lm_head (transformers' own rule)."""
-        cfg = self.model.config
-        return bool(getattr(cfg, "scale_decoder_outputs", cfg.tie_word_embeddings))
 
     @torch.no_grad()
     def generate(

@@ -100,15 +100,13 @@ def paired_comparisons(methods: dict, settings: list[str], seed: int, metric: st
 def adapter_spread(gram: torch.Tensor) -> dict:
     """Mean pairwise cosine, task-specific share and mean norm of ``N`` adapters from their Gram matrix."""
     g = gram.double()
-    n = g.shape[0]
+    n, energy = g.shape[0], g.diagonal().sum()
     norms = g.diagonal().clamp_min(0).sqrt()  # [N]
     cos = g / (norms[:, None] * norms[None, :]).clamp_min(1e-30)
     off = ~torch.eye(n, dtype=torch.bool)
     return {
         "adapters": n,
         "mean_cosine": float(cos[off].mean()) if n > 1 else None,
-        "task_specific_share": float(1 - g.sum() / (n * g.diagonal().sum()))
-        if g.diagonal().sum() > 0
-        else 0.0,
+        "task_specific_share": float(1 - g.sum() / (n * energy)) if energy > 0 else 0.0,
         "mean_norm": float(norms.mean()),
     }

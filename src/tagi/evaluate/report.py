@@ -20,6 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tagi.evaluate.methods import setting_name
+
 PAPER_REFERENCE = """\
 | method | Def Base 250M | Def XL 3B | Def XXL 11B | Def+2Pos Base | Def+2Pos XL | Def+2Pos XXL | rel. FLOPs |
 |---|---|---|---|---|---|---|---|
@@ -242,12 +244,10 @@ def _task_seconds(score: dict | None) -> float | None:
 
 def _validation(done: dict) -> str:
     """A finetuning's CE on the validation tasks per prompt setting (``val_ce_pos2`` -> ``Def+2Pos``)."""
-    val = done.get("validation") or {}
     parts = []
-    for key, value in val.items():
+    for key, value in (done.get("validation") or {}).items():
         k = key.removeprefix("val_ce_pos")
-        name = ("Def" if k == "0" else f"Def+{k}Pos") if k.isdigit() else key
-        parts.append(f"{name} {value:.3f}")
+        parts.append(f"{setting_name(int(k)) if k.isdigit() else key} {value:.3f}")
     return ", ".join(parts)
 
 
