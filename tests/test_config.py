@@ -34,11 +34,24 @@ def test_defaults_and_overrides(tmp_path):
         ("evaluate.report_dir=../elsewhere", "report_dir must be a folder name inside out_dir"),
         ("evaluate.report_dir=/tmp/abs", "report_dir must be a folder name inside out_dir"),
         ("evaluate.report_dir=", "report_dir must be a folder name inside out_dir"),
+        ("finetune.train.lr=1e-3x", "finetune.train.lr must be float"),
+        ("finetune.train.lr=nan", "finetune.train.lr must be float"),
+        ("hyper.rank=1e3", "hyper.rank must be int"),
     ],
 )
 def test_bad_values_fail_with_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"), [("3e-4", 3e-4), ("1E+2", 100.0), ("+2.5E-3", 2.5e-3), (".5e1", 5.0)]
+)
+def test_exponent_floats_that_yaml_reads_as_strings_are_floats(tmp_path, raw, value):
+    # PyYAML (YAML 1.1) reads "3e-4" as a string; both overrides and files accept it as a float
+    assert load_config(None, [f"hyper.alpha={raw}"]).hyper.alpha == value
+    (tmp_path / "c.yaml").write_text(f"hyper:\n  alpha: {raw}\n")
+    assert load_config(tmp_path / "c.yaml").hyper.alpha == value
 
 
 def test_missing_and_malformed_files(tmp_path):

@@ -9,6 +9,7 @@ key. ``load_config("configs/tiny.yaml", ["finetune.train.lr=3e-4"])`` returns an
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -354,6 +355,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` (ints are accepted where floats are expected)."""
     origin = typing.get_origin(tp)
@@ -384,6 +388,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 (PyYAML) reads "3e-4" as a string: it needs "3.0e-4"
     if tp in (int, str, bool) and type(value) is tp:
         return value
     raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
