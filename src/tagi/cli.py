@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-teachers": ("tagi.train.commands:train_teachers", "stage 0: train teacher LoRA adapters"),
     "pretrain": ("tagi.train.commands:pretrain", "stage 1: pretrain the hypernetwork on plain text"),
     "finetune": ("tagi.train.commands:finetune", "stage 2: distillation finetuning of the hypernetwork"),
+    "sweep": (
+        "tagi.train.commands:sweep",
+        "choose finetuning settings by validation CE on held-out training tasks",
+    ),
     "run": ("tagi.train.commands:run", "run all stages of a config in order (finished stages are skipped)"),
     "generate": ("tagi.generate:generate_cmd", "generate a PEFT LoRA adapter from an instruction"),
     "predict": (
@@ -72,7 +76,8 @@ def build_parser(name: str, fn: Callable) -> argparse.ArgumentParser:
             p.add_argument(f"--{pname.replace('_', '-')}", dest=pname, action=argparse.BooleanOptionalAction,
                            default=default, help=help_)  # fmt: skip
         else:
-            base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+            args = typing.get_args(tp)
+            base = tp if typing.get_origin(tp) is list else next((a for a in args if a is not type(None)), tp)
             kwargs = {"type": base if base in (int, float) else str}
             if typing.get_origin(base) is list:
                 kwargs = {"nargs": "*", "type": str}

@@ -1,4 +1,4 @@
-"""CLI entry points of the training stages (``tagi train-teachers | pretrain | finetune | run``).
+"""CLI entry points of the training stages (``tagi train-teachers | pretrain | finetune | sweep | run``).
 
 Each is a plain function — callable from Python as well — taking a YAML config and ``key=value``
 overrides. Data-parallel training: the same command under ``torchrun``, e.g.
@@ -66,6 +66,26 @@ def finetune(
         force: delete the stage's outputs and train again
     """
     return _stage(stages.run_finetune, "finetune", config, overrides, resume, force)
+
+
+def sweep(config: str, grid: list[str], overrides: list[str] | None = None) -> int:
+    """Choose finetuning settings on the held-out training tasks: one finetuning per grid point, ranked by
+    validation CE (test tasks are not read). Results: <out_dir>/sweep/sweep.json and a printed table.
+
+    Args:
+        config: YAML config file (its out_dir's teachers and pretraining are reused, or trained first)
+        grid: axes key=v1,v2,... over finetune.* keys, e.g. --grid finetune.train.lr=3e-4,1e-3,3e-3
+        overrides: key=value config overrides applied to every point (give them before --grid)
+    """
+    from tagi.train.sweep import format_table, run_sweep
+
+    try:
+        record = run_sweep(load_config(config, overrides), grid)
+    finally:
+        dist.cleanup()
+    print(format_table(record["latest"], record["best"]))
+    print(f"best: {' '.join(record['best']['overrides'])} -> {record['best']['folder']}")
+    return 0
 
 
 def run(
