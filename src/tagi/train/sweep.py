@@ -37,7 +37,7 @@ from typing import Any
 
 from tagi.backbones import Backbone
 from tagi.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, to_dict
-from tagi.train import stages
+from tagi.train import dist, stages
 from tagi.train.common import read_done, stage_settings, versions, write_json_atomic
 
 log = logging.getLogger("tagi.train")
@@ -117,7 +117,8 @@ def _finetune_point(cfg: ExperimentConfig, point: ExperimentConfig, folder: Path
     if folder == out / "finetune":
         return stages.run_finetune(cfg, bb)
     main_cache, own_cache = out / "finetune" / "teacher_cache", folder / "teacher_cache"
-    if main_cache.is_dir() and not own_cache.exists() and not (folder / "DONE.json").exists():
+    fresh = not own_cache.exists() and not (folder / "DONE.json").exists()
+    if main_cache.is_dir() and fresh and dist.current().is_main:
         shutil.copytree(main_cache, own_cache)  # reused as is when the point draws the same examples
     pretrained = point.finetune.use_pretrained and cfg.pretrain.enabled
     return stages.run_finetune(
@@ -175,7 +176,8 @@ def run_sweep(cfg: ExperimentConfig, grid: Sequence[str], backbone: Backbone | N
         "config": to_dict(cfg),
         "versions": versions(),
     }
-    write_json_atomic(path, record)
+    if dist.current().is_main:  # under torchrun every rank trains; one writes
+        write_json_atomic(path, record)
     return record
 
 
