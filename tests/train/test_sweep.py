@@ -107,6 +107,7 @@ def test_tiny_sweep_ranks_points_by_validation_ce_and_reuses_finished_points(tin
     assert len(json.loads((out / "sweep" / "sweep.json").read_text())["points"]) == 2
     table = format_table(rows, record["best"])
     assert table.count("\n") == 3 and "(best)" in table
+    assert format_table(again["latest"], again["best"]) in (out / "sweep" / "sweep.md").read_text()
 
 
 def test_sweep_cli_errors_are_one_line(tmp_path, capsys):

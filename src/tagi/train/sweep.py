@@ -18,7 +18,7 @@ value); the points are the Cartesian product of the axes. Layout under ``<out_di
   settings is never mistaken for this one. A point whose settings equal the config's own finetuning is
   the run's ``finetune/`` folder.
 - ``sweep/sweep.json``: every point finetuned so far (earlier sweeps' points are kept), the grid of the
-  latest sweep, its best point, the config, seed and versions.
+  latest sweep, its best point, the config, seed and versions; ``sweep/sweep.md``: the latest sweep's table.
 
 The chosen point can then be evaluated on the test tasks with ``evaluate.methods=[ckpt:<folder>/final]``.
 """
@@ -178,6 +178,8 @@ def run_sweep(cfg: ExperimentConfig, grid: Sequence[str], backbone: Backbone | N
     }
     if dist.current().is_main:  # under torchrun every rank trains; one writes
         write_json_atomic(path, record)
+        table = format_table(rows, best)
+        (path.parent / "sweep.md").write_text(f"# Validation sweep\n\n`{' '.join(grid)}`\n\n{table}\n")
     return record
 
 
