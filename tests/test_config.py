@@ -37,6 +37,8 @@ def test_defaults_and_overrides(tmp_path):
         ("finetune.train.lr=1e-3x", "finetune.train.lr must be float"),
         ("finetune.train.lr=nan", "finetune.train.lr must be float"),
         ("hyper.rank=1e3", "hyper.rank must be int"),
+        ("finetune.task_group=0", "task_group must be >= 1"),
+        ("finetune.task_group=3", "task_group=3 must divide finetune.train.batch_size=8"),
     ],
 )
 def test_bad_values_fail_with_the_key(override, message):

@@ -262,9 +262,21 @@ class FinetuneConfig:
         "Compute the teacher's top-k logits (loss.kl_topk) once per training example before training and "
         "store them under <stage>/teacher_cache/ instead of running the teacher at every step.",
     )
+    task_group: int = field_(
+        1,
+        "Examples of one task kept together in a micro-batch (1 = tasks mixed freely). With k > 1 every "
+        "micro-batch holds train.batch_size / k tasks, k examples each, sharing one instruction (one draw of "
+        "student_num_pos per chunk): the instruction's adapter and, for decoder-only models, its prompt "
+        "prefix are computed once per chunk instead of once per example. Must divide train.batch_size.",
+    )
     train: TrainConfig = field_(TrainConfig(max_steps=200, lr=1e-3), "Training settings.")
 
     def __post_init__(self) -> None:
+        _check(self.task_group >= 1, f"finetune.task_group must be >= 1, got {self.task_group}")
+        _check(
+            self.train.batch_size % self.task_group == 0,
+            f"finetune.task_group={self.task_group} must divide finetune.train.batch_size={self.train.batch_size}",
+        )
         _check(bool(self.student_num_pos), "finetune.student_num_pos must not be empty")
         _check(
             all(k >= 0 for k in self.student_num_pos),

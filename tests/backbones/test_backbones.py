@@ -9,7 +9,7 @@ import torch
 
 from tagi.backbones import PromptExample
 from tagi.backbones.base import IGNORE
-from tagi.lora import apply_lora
+from tagi.lora import LoraWeights, apply_lora
 from tagi_testing import random_adapter
 
 INS = (
@@ -82,6 +82,47 @@ def test_forward_logits_equal_the_models_own_at_label_positions(backbone):
     finally:
         if original is not None:
             cfg.scale_decoder_outputs = original
+
+
+@pytest.mark.parametrize("mode", ["fuse", "concat"])
+def test_shared_prefix_gives_the_same_logits_and_gradients(backbone, mode):
+    """Training with each distinct prompt prefix run once == every row run in full (decoder-only); T5
+    ignores the switch. Two tasks, rows of one task share their adapter, as generated adapters do."""
+    other = "Definition: Reverse the word.\n\n"
+    exs = [*EXS, PromptExample(other, EXS[0].source, "noom"), PromptExample(other, EXS[2].source, "x")]
+    torch.manual_seed(5)
+    two = random_adapter(backbone, n=2, scale=1.0)
+    rows = [0, 0, 0, 1, 1]
+    full, shared = backbone.collate(exs, mode), backbone.collate(exs, mode, share_prefix=True)
+    if backbone.family == "seq2seq":
+        assert shared.prefix_ids is None and torch.equal(shared.input_ids, full.input_ids)
+        return
+    assert shared.prefix_ids.shape[0] == 2 and shared.prefix_rows.tolist() == rows
+    assert (
+        shared.input_ids.shape[1] < full.input_ids.shape[1]
+        and shared.num_label_tokens == full.num_label_tokens
+    )
+    results = []
+    for batch in (full, shared):
+        a = {k: v.detach().clone().requires_grad_(True) for k, v in two.A.items()}
+        b = {k: v.detach().clone().requires_grad_(True) for k, v in two.B.items()}
+        logits, labels, idx = backbone.forward(batch, LoraWeights(a, b, two.scaling).index(rows))
+        (logits.float().log_softmax(-1).mean(-1) * torch.arange(1, len(labels) + 1)).sum().backward()
+        grads = torch.cat([t.grad.flatten() for t in [*a.values(), *b.values()]])
+        results.append((logits.detach(), labels, idx, grads))
+    (lf, yf, rf, gf), (ls, ys, rs, gs) = results
+    assert torch.equal(yf, ys) and torch.equal(rf, rs)
+    # float32 rounding only: measured max |logit diff| 3e-6 and ||grad diff|| / ||grad|| 2e-6 (in float64 the
+    # logits are bitwise equal and the gradients agree to 3e-8)
+    torch.testing.assert_close(ls, lf, atol=2e-5, rtol=1e-5)
+    assert float((gs - gf).norm() / gf.norm()) < 2e-5
+
+
+def test_causal_shared_prefix_needs_two_prefix_tokens(backbones):
+    """An empty prefix (mode "none" without a chat head) cannot be shared: the batch stays unshared."""
+    bb = backbones["tiny-llama"]
+    batch = bb.collate(EXS, "none", share_prefix=True)
+    assert batch.prefix_ids is None and torch.equal(batch.input_ids, bb.collate(EXS, "none").input_ids)
 
 
 def test_causal_prefix_cache_equals_full_prompt(backbones):

@@ -1,10 +1,14 @@
-"""StepSampler: epochs cover the data, rank splits equal accumulation splits, length grouping, determinism."""
+"""StepSampler: epochs cover the data, rank splits equal accumulation splits, length grouping, determinism,
+task-grouped streams."""
 
 from __future__ import annotations
 
 import random
 from collections import Counter
 
+import pytest
+
+from tagi.errors import TagiError
 from tagi.train.batching import StepSampler
 
 
@@ -63,3 +67,56 @@ def test_dataset_smaller_than_a_step_wraps_into_the_next_epoch():
     window = s.step_samples(0) + s.step_samples(1)  # 8 stream items: epochs 0, 1 and part of 2
     assert Counter(x.epoch for x in window) == {0: 3, 1: 3, 2: 2}
     assert s.position(3) == (4, 0)  # 12 items consumed = 4 epochs of 3
+
+
+def _grouped(n: int = 61, tasks: int = 9, **kw) -> tuple[list[int], list[int], StepSampler]:
+    rng = random.Random(2)
+    groups = [rng.randrange(tasks) for _ in range(n)]
+    groups[0] = tasks  # a task with a single example
+    lengths = _lengths(n, seed=4)
+    args = {"batch_size": 4, "grad_accum": 2, "seed": 1, "length_grouping": 3, "group_size": 2} | kw
+    return groups, lengths, StepSampler(lengths, groups=groups, **args)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_grouped_micro_batches_are_whole_chunks_of_one_task(k):
+    groups, _, s = _grouped(group_size=k, batch_size=4)
+    for step in range(12):
+        for batch in s.rank_batches(step):
+            assert len(batch) == 4
+            for c in range(0, 4, k):
+                chunk = batch[c : c + k]
+                assert len({groups[x.index] for x in chunk}) == 1  # one task
+                assert len({x.chunk for x in chunk}) == 1 and len({x.epoch for x in chunk}) == 1
+            assert len({x.chunk for x in batch}) == 4 // k  # chunks do not straddle micro-batches
+
+
+def test_a_grouped_epoch_covers_every_example_and_fills_short_chunks_from_its_own_task():
+    groups, _, s = _grouped(group_size=4, batch_size=4, grad_accum=1)
+    sizes = Counter(groups)
+    assert s.epoch_size == sum(-(-n // 4) * 4 for n in sizes.values())
+    epoch = [x for x in (s._item(p) for p in range(s.epoch_size))]
+    assert {x.epoch for x in epoch} == {0} and set(x.index for x in epoch) == set(range(len(groups)))
+    per_task = Counter(groups[x.index] for x in epoch)
+    assert per_task == {g: -(-n // 4) * 4 for g, n in sizes.items()}  # only the task's own examples repeat
+    assert s._item(s.epoch_size).epoch == 1
+
+
+def test_grouped_streams_are_deterministic_and_split_across_ranks_like_accumulation():
+    groups, lengths, one = _grouped(batch_size=4, grad_accum=4)
+    two = StepSampler(lengths, 4, 2, 2, seed=1, length_grouping=3, groups=groups, group_size=2)
+    again = StepSampler(lengths, 4, 4, 1, seed=1, length_grouping=3, groups=groups, group_size=2)
+    for step in reversed(range(9)):
+        interleaved = [b for pair in zip(two.rank_batches(step, 0), two.rank_batches(step, 1)) for b in pair]
+        assert one.rank_batches(step, 0) == interleaved == again.rank_batches(step, 0)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [({"group_size": 3}, "multiple of the group size"), ({"groups": None}, "one group id per example")],
+)
+def test_grouped_stream_errors(kw, message):
+    groups, lengths, _ = _grouped()
+    args = {"batch_size": 4, "grad_accum": 1, "groups": groups, "group_size": 2} | kw
+    with pytest.raises(TagiError, match=message):
+        StepSampler(lengths, **args)

@@ -13,7 +13,7 @@ from train_helpers import tiny_config
 from tagi.errors import TagiError
 from tagi.losses import kl_sum
 from tagi.model import InstructionCache, TagiModel
-from tagi.train.batching import Sample
+from tagi.train.batching import Sample, StepSampler
 from tagi.train.common import training_tasks
 from tagi.train.distill import TeacherSet, TopkCache, check_same_labels
 from tagi.train.finetune import DistillObjective, FinetuneData
@@ -236,3 +236,37 @@ def test_hyper_input_empty_stage_records_it(tmp_path, teachers_dir):
     cfg = tiny_config(tmp_path / "run", "finetune.hyper_input=empty", "finetune.train.max_steps=2")
     out = run_finetune(cfg, teachers_dir=teachers_dir)
     assert json.loads((out / "final" / "tagi_config.json").read_text())["hyper_input"] == "empty"
+
+
+def test_task_grouped_batches_share_each_chunks_prefix_and_give_the_same_loss_terms(tmp_path, teachers_dir):
+    """finetune.task_group=2: micro-batches are 2 tasks x 2 examples with one instruction per chunk; the
+    shared-prefix student and teacher forwards give the loss terms of the unshared ones."""
+    cfg = tiny_config(tmp_path / "run", "finetune.task_group=2")
+    obj = _objective(cfg, teachers_dir, topk=False)
+    sampler = StepSampler([1] * len(obj.data), 4, 1, groups=obj.data.task_ids(), group_size=2)
+    for step in range(3):
+        (samples,) = sampler.rank_batches(step)
+        students = [obj.data.student(s) for s in samples]
+        assert students[0].instruction == students[1].instruction  # one draw of num_pos per chunk
+        assert students[2].instruction == students[3].instruction
+        terms = {}
+        for share in (False, True):
+            obj.share_prefix = share
+            batch = obj.prepare(samples)
+            assert (batch.data["batch"].prefix_ids is not None) == share
+            if share:
+                assert batch.data["batch"].prefix_ids.shape[0] == len({e.instruction for e in students})
+                assert batch.data["teacher"].prefix_ids.shape[0] == 2  # the teacher's prompt is shared too
+            with torch.no_grad():
+                terms[share] = {k: float(t.value) for k, t in obj.terms(batch).items()}
+        assert set(terms[True]) == {"ce", "kl", "align"}
+        for k, v in terms[False].items():
+            assert terms[True][k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
+
+
+def test_task_grouped_finetuning_trains(tmp_path, teachers_dir):
+    cfg = tiny_config(tmp_path / "run", "finetune.task_group=2", "finetune.train.max_steps=8")
+    out = run_finetune(cfg, teachers_dir=teachers_dir)
+    done = json.loads((out / "DONE.json").read_text())
+    assert done["losses"]["last"]["ce"] < done["losses"]["first"]["ce"]
+    assert done["config"]["finetune"]["task_group"] == 2

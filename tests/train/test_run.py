@@ -88,3 +88,22 @@ def test_stage_settings_leave_out_test_and_logging_keys(tmp_path):
         assert stage_settings(base, stage) == stage_settings(same, stage)
     assert stage_settings(base, "finetune") != stage_settings(other, "finetune")
     assert stage_settings(base, "pretrain") == stage_settings(other, "pretrain")
+
+
+def test_a_stage_recorded_before_a_config_field_existed_is_reused_without_a_warning(tmp_path, caplog):
+    """A DONE.json written before ``finetune.task_group`` existed equals the default; a different value
+    does not (the stage is kept, with a warning)."""
+    from tagi.train.stages import run_finetune
+
+    overrides = ["finetune.loss.kl=0", "finetune.loss.align=0", "finetune.train.max_steps=2"]
+    out = run_finetune(tiny_config(tmp_path / "run", *overrides))
+    done = json.loads((out / "DONE.json").read_text())
+    del done["config"]["finetune"]["task_group"]  # as an older tagi wrote it
+    (out / "DONE.json").write_text(json.dumps(done))
+    stamp = (out / "DONE.json").stat().st_mtime_ns
+    with caplog.at_level("WARNING", logger="tagi.train"):
+        run_finetune(tiny_config(tmp_path / "run", *overrides))
+        assert not [r for r in caplog.records if "other settings" in r.getMessage()]
+        run_finetune(tiny_config(tmp_path / "run", *overrides, "finetune.task_group=2"))
+        assert [r for r in caplog.records if "other settings" in r.getMessage()]
+    assert (out / "DONE.json").stat().st_mtime_ns == stamp

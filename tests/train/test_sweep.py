@@ -105,6 +105,14 @@ def test_tiny_sweep_ranks_points_by_validation_ce_and_reuses_finished_points(tin
     assert (Path(rows[1]["folder"]) / "DONE.json").stat().st_mtime_ns == stamps[rows[1]["folder"]]
     assert again["latest"][0]["validation"] == rows[1]["validation"]
     assert len(json.loads((out / "sweep" / "sweep.json").read_text())["points"]) == 2
+    # a finished point written before a config field existed (other hash) is still found by its settings
+    old = Path(rows[1]["folder"])
+    done = json.loads((old / "DONE.json").read_text())
+    del done["config"]["finetune"]["task_group"]
+    (old / "DONE.json").write_text(json.dumps(done))
+    moved = old.rename(old.with_name("train.lr=1e-8-00000000"))
+    point = ("finetune.train.lr=1e-8",)
+    assert point_folder(cfg, point_config(cfg, point), point) == moved
     table = format_table(rows, record["best"])
     assert table.count("\n") == 3 and "(best)" in table
     assert format_table(again["latest"], again["best"]) in (out / "sweep" / "sweep.md").read_text()

@@ -67,9 +67,12 @@ class ModelBatch:
     """Token tensors for one batch (all ``long``; masks 0/1).
 
     Decoder-only: ``input_ids/attention_mask [N, T]`` hold prompt + target (right-padded), ``labels [N, T]``
-    is the target at its positions and ``-100`` elsewhere (unshifted). T5: ``input_ids [N, S]`` is the
-    encoder input, ``labels [N, L]`` the decoder targets, ``fuse_ids/fuse_mask [N, Ti]`` the instruction
-    encoded separately for FiD fusion (``None`` unless mode ``fuse``).
+    is the target at its positions and ``-100`` elsewhere (unshifted). With a shared prefix
+    (``collate(..., share_prefix=True)``) the distinct prompt prefixes are stored once, ``prefix_ids /
+    prefix_mask [U, P]`` (right-padded), ``prefix_rows [N]`` says which one each example continues, and
+    ``input_ids / attention_mask / labels [N, T']`` hold only the rest of the sequence. T5: ``input_ids
+    [N, S]`` is the encoder input, ``labels [N, L]`` the decoder targets, ``fuse_ids/fuse_mask [N, Ti]`` the
+    instruction encoded separately for FiD fusion (``None`` unless mode ``fuse``).
     """
 
     input_ids: torch.Tensor
@@ -77,6 +80,9 @@ class ModelBatch:
     labels: torch.Tensor
     fuse_ids: torch.Tensor | None = None
     fuse_mask: torch.Tensor | None = None
+    prefix_ids: torch.Tensor | None = None
+    prefix_mask: torch.Tensor | None = None
+    prefix_rows: torch.Tensor | None = None
     meta: dict = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> ModelBatch:
@@ -187,9 +193,19 @@ class Backbone(ABC):
 
     @abstractmethod
     def collate(
-        self, examples: Sequence[PromptExample], mode: PromptMode, add_eos: bool = True
+        self,
+        examples: Sequence[PromptExample],
+        mode: PromptMode,
+        add_eos: bool = True,
+        share_prefix: bool = False,
     ) -> ModelBatch:
-        """Tokenise examples into a :class:`ModelBatch` under a prompt mode."""
+        """Tokenise examples into a :class:`ModelBatch` under a prompt mode.
+
+        ``share_prefix``: decoder-only models store each distinct prompt prefix (chat head + instruction)
+        once, and ``forward`` runs it once and reuses its key/value cache for every example that continues
+        it — same logits, less compute when a batch holds several examples of one task. Encoder-decoder
+        models ignore it: their fused instruction encoding is already computed once per task.
+        """
 
     # ---- compute
     @abstractmethod

@@ -29,6 +29,7 @@ from tagi.backbones.base import (
     PromptMode,
     Target,
     pad_left,
+    pad_right,
     sample_next,
 )
 from tagi.lora import LoraWeights, apply_lora
@@ -118,23 +119,46 @@ class CausalBackbone(Backbone):
         return ids + [int(self.tokenizer.eos_token_id)] if add_eos else ids
 
     def collate(
-        self, examples: Sequence[PromptExample], mode: PromptMode, add_eos: bool = True
+        self,
+        examples: Sequence[PromptExample],
+        mode: PromptMode,
+        add_eos: bool = True,
+        share_prefix: bool = False,
     ) -> ModelBatch:
-        seqs, labels = [], []
-        for ex in examples:
-            prompt = self.prefix_ids(ex.instruction, mode) + self.suffix_ids(ex.source)
-            tgt = self.target_ids(ex.target, add_eos)
-            seqs.append(prompt + tgt)
-            labels.append([IGNORE] * len(prompt) + tgt)
+        prefixes = [self.prefix_ids(ex.instruction, mode) for ex in examples]
+        rests = [self.suffix_ids(ex.source) for ex in examples]
+        targets = [self.target_ids(ex.target, add_eos) for ex in examples]
+        if share_prefix and all(len(p) > 1 for p in prefixes):
+            return self._collate_shared(prefixes, rests, targets)
+        return self._collate_rows([p + r for p, r in zip(prefixes, rests)], targets)
+
+    def _collate_rows(self, prompts: list[list[int]], targets: list[list[int]]) -> ModelBatch:
+        """Right-padded ``prompt + target`` rows with labels on the target tokens."""
+        seqs = [p + t for p, t in zip(prompts, targets)]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         lab = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, (s, lb) in enumerate(zip(seqs, labels)):
+        for i, (s, p) in enumerate(zip(seqs, prompts)):
             ids[i, : len(s)] = torch.tensor(s)
-            lab[i, : len(s)] = torch.tensor(lb)
+            lab[i, len(p) : len(s)] = torch.tensor(s[len(p) :])
             mask[i, : len(s)] = 1
         return ModelBatch(ids, mask, lab)
+
+    def _collate_shared(
+        self, prefixes: list[list[int]], rests: list[list[int]], targets: list[list[int]]
+    ) -> ModelBatch:
+        """Each distinct prefix once (``prefix_ids [U, P]``); the rows hold the rest of their sequence.
+
+        A prefix's last token stays in the row, so every row predicts its first target token itself.
+        """
+        keys = [tuple(p[:-1]) for p in prefixes]
+        unique = list(dict.fromkeys(keys))
+        index = {k: i for i, k in enumerate(unique)}
+        batch = self._collate_rows([[p[-1], *r] for p, r in zip(prefixes, rests)], targets)
+        batch.prefix_ids, batch.prefix_mask = pad_right(unique, self.pad_id)
+        batch.prefix_rows = torch.tensor([index[k] for k in keys], dtype=torch.long)
+        return batch
 
     # ---- compute
     @torch.no_grad()
@@ -143,15 +167,36 @@ class CausalBackbone(Backbone):
         return out.hidden_states[self.cfg.instruction_layer]  # [N, T, H]
 
     def forward(self, batch, adapter=None, fuse_states=None):
+        cache, attn, pos = None, batch.attention_mask, None
+        if batch.prefix_ids is not None:
+            cache, attn, pos = self._run_prefixes(batch, adapter)
         with apply_lora(self.model, adapter):
             hidden = self.model.model(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask
+                input_ids=batch.input_ids, attention_mask=attn, position_ids=pos, cache=cache
             ).last_hidden_state  # [N, T, H]
         labels = batch.labels[:, 1:]  # token t predicts t+1
         sel = labels != IGNORE  # [N, T-1]
         logits = self.model.get_output_embeddings()(hidden[:, :-1][sel])  # [M, V]
         rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)[sel]
         return logits, labels[sel], rows
+
+    def _run_prefixes(self, batch: ModelBatch, adapter: LoraWeights | None):
+        """Run each distinct prefix once and give every row its key/value cache (differentiably).
+
+        Rows that share a prefix must share an adapter (true of generated and teacher adapters: both are
+        functions of the task); the prefix runs with the adapter of its first row. Returns the cache
+        expanded to the ``N`` rows, the attention mask ``[N, P + T]`` and the positions ``[N, T]`` of the rest.
+        """
+        rows, pmask = batch.prefix_rows, batch.prefix_mask  # [N], [U, P]
+        first = [int((rows == u).nonzero()[0, 0]) for u in range(pmask.shape[0])]
+        per_row = adapter is not None and adapter.batch_size > 1
+        with apply_lora(self.model, adapter.index(first) if per_row else adapter):
+            cache = self.model.model(input_ids=batch.prefix_ids, attention_mask=pmask, use_cache=True).cache
+        cache.batch_select_indices(rows)  # [U] -> [N]: indexing, so gradients flow back to each prefix
+        attn = torch.cat([pmask[rows], batch.attention_mask], 1)  # [N, P + T]
+        steps = torch.arange(batch.input_ids.shape[1], device=rows.device)
+        pos = pmask.sum(1)[rows][:, None] + steps[None]  # [N, T]: right after each row's prefix
+        return cache, attn, pos
 
     @torch.no_grad()
     def generate(

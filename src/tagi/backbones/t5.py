@@ -81,7 +81,11 @@ class T5Backbone(Backbone):
         return (self._ins(ex.instruction) if mode == "concat" else []) + src + [self.eos_id]
 
     def collate(
-        self, examples: Sequence[PromptExample], mode: PromptMode, add_eos: bool = True
+        self,
+        examples: Sequence[PromptExample],
+        mode: PromptMode,
+        add_eos: bool = True,
+        share_prefix: bool = False,
     ) -> ModelBatch:
         ids, mask = pad_right([self.encoder_ids(e, mode) for e in examples], self.pad_id)
         tgts = [

@@ -14,9 +14,10 @@ from typing import Any
 
 from tagi.backbones import Backbone, PromptExample
 from tagi.backbones.base import ModelBatch
-from tagi.config import ExperimentConfig, to_dict
+from tagi.config import ExperimentConfig, from_dict, to_dict
 from tagi.data.select import load_tasks, split_validation
 from tagi.data.sni import Task
+from tagi.errors import TagiError
 
 log = logging.getLogger("tagi.train")
 DONE = "DONE.json"
@@ -35,10 +36,14 @@ def example_lengths(backbone: Backbone, examples: Sequence[PromptExample], instr
 
 
 def batch_tokens(batch: ModelBatch, family: str) -> int:
-    """Tokens a forward pass processes: the (encoder) input, plus the decoder labels of seq2seq models."""
+    """Tokens a forward pass processes: the (encoder) input, plus the decoder labels of seq2seq models.
+
+    A shared prompt prefix counts once per distinct prefix (it runs once).
+    """
     n = int(batch.attention_mask.sum())
-    if batch.fuse_mask is not None:
-        n += int(batch.fuse_mask.sum())
+    for extra in (batch.fuse_mask, batch.prefix_mask):
+        if extra is not None:
+            n += int(extra.sum())
     return n + (batch.num_label_tokens if family == "seq2seq" else 0)
 
 
@@ -92,6 +97,17 @@ def stage_settings(config: dict[str, Any], stage: str) -> dict[str, Any]:
             section = {k: v for k, v in section.items() if k not in TEST_ONLY_DATA}
         out[name] = section
     return out
+
+
+def with_defaults(saved: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A recorded config with the fields added since it was written filled in with their defaults (the
+    values it was trained with); ``None`` when it no longer loads."""
+    if saved is None:
+        return None
+    try:
+        return to_dict(from_dict(ExperimentConfig, saved))
+    except TagiError:
+        return None
 
 
 def is_done(stage_dir: Path) -> bool:

@@ -15,6 +15,11 @@
   each example's generated adapter and its teacher adapter. A weight of 0 removes the term (not computed,
   not logged).
 
+``finetune.task_group = k > 1`` draws micro-batches as chunks of ``k`` examples of one task with one
+instruction (:mod:`tagi.train.batching`); the chunk's adapter is generated once and, for decoder-only
+models, its prompt prefix (student and on-the-fly teacher) runs once, its key/value cache shared by the
+chunk's rows (``collate(..., share_prefix=True)``: the same logits as running every row in full).
+
 Frozen instruction encodings are computed once per distinct instruction before training (in a fixed
 order, so a resumed run sees bitwise the same encodings) and reused for the hypernetwork and, for T5, FiD.
 At the end, the student's CE on the held-out validation tasks (``data.validation_tasks``; never test
@@ -72,16 +77,22 @@ class FinetuneData:
     def __len__(self) -> int:
         return len(self.items)
 
+    def task_ids(self) -> list[int]:
+        """The task of every example (the groups of a task-grouped stream)."""
+        return [ti for ti, _ in self.items]
+
     def task_name(self, index: int) -> str:
         return self.tasks[self.items[index][0]].name
 
     def num_pos(self, sample: Sample) -> int:
-        """The student's number of positive examples for this example in this epoch (seeded draw)."""
+        """The student's number of positive examples for this example in this epoch (seeded draw).
+
+        In a task-grouped stream the draw is per chunk, so a chunk's examples share one instruction.
+        """
         if len(self.student_num_pos) == 1:
             return self.student_num_pos[0]
-        return random.Random(f"tagi-numpos:{self.seed}:{sample.epoch}:{sample.index}").choice(
-            self.student_num_pos
-        )
+        key = f"chunk{sample.chunk}" if sample.chunk >= 0 else sample.index
+        return random.Random(f"tagi-numpos:{self.seed}:{sample.epoch}:{key}").choice(self.student_num_pos)
 
     def example(self, index: int, num_pos: int) -> PromptExample:
         ti, ii = self.items[index]
@@ -143,6 +154,7 @@ class DistillObjective:
         teachers: TeacherSet | None = None,
         topk: TopkCache | None = None,
         hyper_input: str = "instruction",
+        share_prefix: bool = False,
     ) -> None:
         if (loss.kl > 0 or loss.align > 0) and teachers is None:
             raise TagiError("loss.kl and loss.align need teacher adapters (run `tagi train-teachers` first)")
@@ -157,11 +169,12 @@ class DistillObjective:
         self.model, self.bb, self.data, self.loss = model, model.bb, data, loss
         self.mode = "fuse" if fusion else "none"
         self.hyper_input = hyper_input
+        self.share_prefix = share_prefix  # decoder-only: a chunk's prompt prefix runs once
         self.cache, self.teachers, self.topk = cache, teachers, topk
 
     def prepare(self, samples: Sequence[Sample]) -> MicroBatch:
         students = [self.data.student(s) for s in samples]
-        batch = self.bb.collate(students, self.mode).to(self.bb.device)
+        batch = self.bb.collate(students, self.mode, share_prefix=self.share_prefix).to(self.bb.device)
         tokens = batch_tokens(batch, self.bb.family)
         data: dict[str, Any] = {
             "batch": batch,
@@ -171,7 +184,8 @@ class DistillObjective:
         if self.loss.kl > 0 and self.topk is not None:
             data["teacher"] = self.topk.gather([s.index for s in samples], self.bb.device)
         elif self.loss.kl > 0:
-            tb = self.bb.collate([self.data.teacher(s.index) for s in samples], "concat").to(self.bb.device)
+            teachers = [self.data.teacher(s.index) for s in samples]
+            tb = self.bb.collate(teachers, "concat", share_prefix=self.share_prefix).to(self.bb.device)
             data["teacher"] = tb
             tokens += batch_tokens(tb, self.bb.family)
         return MicroBatch(data, batch.num_label_tokens, len(samples), tokens)

@@ -281,13 +281,17 @@ def train_loop(
     fingerprint: dict[str, Any] | None = None,
     desc: str = "train",
     info: dist.DistInfo | None = None,
+    groups: Sequence[int] | None = None,
+    group_size: int = 1,
 ) -> LoopResult:
     """Train the trainable parameters of ``module`` on ``objective`` for ``cfg.max_steps`` optimiser steps.
 
-    ``lengths[i]`` is a length proxy of example ``i`` (for length-grouped batches). ``state_dir`` receives
-    checkpoints; with ``resume=True`` a state found there is restored first (its ``fingerprint`` — the
-    settings that define the run — must equal ``fingerprint``). Every rank of a data-parallel group calls
-    this with the same arguments; rank 0 writes the files.
+    ``lengths[i]`` is a length proxy of example ``i`` (for length-grouped batches); ``groups`` (a group id
+    per example) and ``group_size`` make a grouped stream (chunks of ``group_size`` examples of one group,
+    see :mod:`tagi.train.batching`). ``state_dir`` receives checkpoints; with ``resume=True`` a state found
+    there is restored first (its ``fingerprint`` — the settings that define the run — must equal
+    ``fingerprint``). Every rank of a data-parallel group calls this with the same arguments; rank 0 writes
+    the files.
     """
     info = info or dist.current()
     if cfg.num_threads > 0:
@@ -299,7 +303,16 @@ def train_loop(
     torch.manual_seed(seed + info.rank)
     optimizer = build_optimizer(params, cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    sampler = StepSampler(lengths, cfg.batch_size, cfg.grad_accum, info.world_size, seed, cfg.length_grouping)
+    sampler = StepSampler(
+        lengths,
+        cfg.batch_size,
+        cfg.grad_accum,
+        info.world_size,
+        seed,
+        cfg.length_grouping,
+        groups,
+        group_size,
+    )
     fingerprint = {"train": fingerprint_train(cfg), "seed": seed, **(fingerprint or {})}
 
     trainer: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed": 0.0, "first": {}, "last": {}}

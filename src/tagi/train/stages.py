@@ -36,6 +36,7 @@ from tagi.train.common import (
     read_done,
     stage_settings,
     training_tasks,
+    with_defaults,
     write_done,
     write_json_atomic,
 )
@@ -70,7 +71,7 @@ def _begin(stage: str, out: Path, cfg: ExperimentConfig, resume: bool, force: bo
         dist.barrier(info)
         return True
     if is_done(out):
-        saved = read_done(out).get("config")
+        saved = with_defaults(read_done(out).get("config"))
         if saved is None or stage_settings(saved, stage) != stage_settings(to_dict(cfg), stage):
             log.warning(
                 "%s: %s is complete but was made with other settings; skipping (--force to redo)", stage, out
@@ -265,7 +266,10 @@ def run_finetune(
     data = FinetuneData(train_tasks, ft.student_num_pos, teacher_pos, cfg.seed)
     lengths = student_lengths(bb, data, ft.fusion)
     tc = ft.train
-    drawn = StepSampler(lengths, tc.batch_size, tc.grad_accum, info.world_size, cfg.seed, tc.length_grouping)
+    groups, k = data.task_ids(), ft.task_group
+    drawn = StepSampler(
+        lengths, tc.batch_size, tc.grad_accum, info.world_size, cfg.seed, tc.length_grouping, groups, k
+    )
     drawn = drawn.samples_until(tc.max_steps)  # what the whole run will see: only these are prepared
     cache = InstructionCache()
     extra = [""] if ft.hyper_input == "empty" else []
@@ -279,12 +283,14 @@ def run_finetune(
             return torch.autocast(bb.device.type, dtype=torch.bfloat16, enabled=ft.train.precision == "bf16")
 
         topk = teacher_cache(cfg, bb, data, teachers, tdir, folder, autocast, [s.index for s in drawn])
-    objective = DistillObjective(model, data, ft.loss, ft.fusion, cache, teachers, topk, ft.hyper_input)
+    objective = DistillObjective(
+        model, data, ft.loss, ft.fusion, cache, teachers, topk, ft.hyper_input, share_prefix=k > 1
+    )
     fingerprint = stage_settings(to_dict(cfg), "finetune") | {"init": str(init or "")}
     res = train_loop(
         model, objective, lengths, ft.train, seed=cfg.seed,
         state_dir=out / "state", log_path=out / "log.jsonl", resume=resume, fingerprint=fingerprint,
-        desc="finetune", info=info,
+        desc="finetune", info=info, groups=groups, group_size=k,
     )  # fmt: skip
     if info.is_main:
         val = validation_ce(

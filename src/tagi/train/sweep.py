@@ -25,6 +25,7 @@ The chosen point can then be evaluated on the test tasks with ``evaluate.methods
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import itertools
 import json
@@ -38,7 +39,7 @@ from typing import Any
 from tagi.backbones import Backbone
 from tagi.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, to_dict
 from tagi.train import dist, stages
-from tagi.train.common import read_done, stage_settings, versions, write_json_atomic
+from tagi.train.common import read_done, stage_settings, versions, with_defaults, write_json_atomic
 
 log = logging.getLogger("tagi.train")
 RESULTS = "sweep.json"
@@ -96,14 +97,23 @@ def point_config(cfg: ExperimentConfig, overrides: Sequence[str]) -> ExperimentC
 
 
 def point_folder(cfg: ExperimentConfig, point: ExperimentConfig, overrides: Sequence[str]) -> Path:
-    """``<out_dir>/finetune`` when the point's finetuning equals the config's, else ``sweep/<label>-<hash>``."""
+    """``<out_dir>/finetune`` when the point's finetuning equals the config's, else ``sweep/<label>-<hash>``.
+
+    A finished ``sweep/<label>-*`` folder trained with the point's settings is reused even if its hash
+    differs (it was written before a config field was added: the field's default is what it used).
+    """
     settings = stage_settings(to_dict(point), "finetune")
     if settings == stage_settings(to_dict(cfg), "finetune"):
         return Path(cfg.out_dir) / "finetune"
     label = ",".join(o.removeprefix("finetune.") for o in overrides)
     label = re.sub(r"[^A-Za-z0-9._=,+-]", "", label)[:80] or "point"
+    root = Path(cfg.out_dir) / "sweep"
+    for done in sorted(root.glob(f"{glob.escape(label)}-*/DONE.json")):
+        saved = with_defaults(read_done(done.parent).get("config"))
+        if saved is not None and stage_settings(saved, "finetune") == settings:
+            return done.parent
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    return Path(cfg.out_dir) / "sweep" / f"{label}-{digest}"
+    return root / f"{label}-{digest}"
 
 
 def score(validation: dict[str, float]) -> float:
