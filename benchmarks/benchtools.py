@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -16,3 +20,28 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def provenance(script: str, argv: Sequence[str] | None, threads: int, load_start: float) -> dict[str, Any]:
+    """What a results file records besides its numbers: the command, the machine (with its load average at
+    the start and the end of the measurement) and the package versions."""
+    import torch
+    import transformers
+
+    import tagi
+
+    return {
+        "command": " ".join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "threads": threads,
+            "load_start": load_start,
+            "load_end": os.getloadavg()[0],
+            "platform": platform.platform(),
+        },  # fmt: skip
+        "versions": {
+            "tagi": tagi.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+    }

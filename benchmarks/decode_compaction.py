@@ -23,15 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
 import torch
-import transformers
-from benchtools import median_time
+from benchtools import median_time, provenance
 
-import tagi
 from tagi.backbones import PromptExample, load_backbone
 from tagi.backbones.base import pad_left
 from tagi.config import DataConfig, load_config
@@ -127,12 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntotal: tagi {total['tagi']:.1f} s vs reference {total['reference']:.1f} s "
           f"(ratio {summary['time_ratio']:.2f}); row-steps ratio {summary['row_step_ratio']:.2f}; "
           f"same outputs: {summary['all_same_outputs']}")  # fmt: skip
-    result = {"command": " ".join(["python", "benchmarks/decode_compaction.py", *(argv or sys.argv[1:])]),
-              "args": vars(args), "summary": summary, "tasks": rows,
-              "machine": {"cpus": os.cpu_count(), "threads": args.threads, "load_start": load_start,
-                          "load_end": os.getloadavg()[0], "platform": platform.platform()},
-              "versions": {"tagi": tagi.__version__, "torch": torch.__version__,
-                           "transformers": transformers.__version__}}  # fmt: skip
+    result = {"args": vars(args), "summary": summary, "tasks": rows,
+              **provenance("decode_compaction.py", argv, args.threads, load_start)}  # fmt: skip
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

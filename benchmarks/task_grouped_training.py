@@ -25,15 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
-import transformers
+from benchtools import provenance
 
-import tagi
 from tagi.config import LossConfig, load_config
 from tagi.losses import ce_sum
 from tagi.model import InstructionCache
@@ -112,12 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"task_group={k}: shared prefix {t_on / args.steps:.2f} s vs unshared {t_off / args.steps:.2f} s "
               f"per micro-batch of {args.batch_size} (x{t_on / t_off:.2f}); tokens {tok_on} vs {tok_off} "
               f"(x{tok_on / tok_off:.2f}); max |logit diff| {st['max_logit_diff']:.1e}")  # fmt: skip
-    result = {"command": " ".join(["python", "benchmarks/task_grouped_training.py", *(argv or sys.argv[1:])]),
-              "args": vars(args), "variants": rows, "seed": cfg.seed,
-              "machine": {"cpus": os.cpu_count(), "threads": args.threads, "load_start": load_start,
-                          "load_end": os.getloadavg()[0], "platform": platform.platform()},
-              "versions": {"tagi": tagi.__version__, "torch": torch.__version__,
-                           "transformers": transformers.__version__}}  # fmt: skip
+    result = {"args": vars(args), "variants": rows, "seed": cfg.seed,
+              **provenance("task_grouped_training.py", argv, args.threads, load_start)}  # fmt: skip
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
