@@ -160,11 +160,7 @@ def run_sweep(cfg: ExperimentConfig, grid: Sequence[str], backbone: Backbone | N
     axes = parse_axes(grid)
     points = [(o, point_config(cfg, o)) for o in grid_points(axes)]  # validate every point before training
     bb = stages.get_backbone(cfg, backbone)
-    if (
-        cfg.finetune.loss.kl > 0
-        or cfg.finetune.loss.align > 0
-        or any(p.finetune.loss.kl > 0 or p.finetune.loss.align > 0 for _, p in points)
-    ):
+    if any(stages.needs_teachers(p) for _, p in points):
         stages.run_teachers(cfg, bb)
     if cfg.pretrain.enabled and any(p.finetune.use_pretrained for _, p in points):
         stages.run_pretrain(cfg, bb)
