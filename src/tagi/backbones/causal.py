@@ -9,8 +9,9 @@ Prompt layout (chat models get the tokenizer's chat template around the user tur
 Prefix, suffix and target are tokenised separately and concatenated as ids, so the prefix is a token
 prefix of every prompt of a task: at generation its key/value cache is computed once per task — with the
 adapter active, exactly as a PEFT model with the same adapter would compute it — and repeated over the
-batch. The hypernetwork reads the frozen model's hidden states over the bare instruction tokens (layer
-``ModelConfig.instruction_layer``).
+batch. In training, ``collate(..., share_prefix=True)`` does the same for the rows of a batch that share
+a prefix (task-grouped micro-batches): the prefix runs once, differentiably. The hypernetwork reads the
+frozen model's hidden states over the bare instruction tokens (layer ``ModelConfig.instruction_layer``).
 """
 
 from __future__ import annotations
