@@ -8,6 +8,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -20,6 +21,14 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def missing_sni_dir(path: str) -> bool:
+    """Print the one-line error for a missing SNI folder; ``True`` when it is missing (exit with 2)."""
+    if Path(path).is_dir():
+        return False
+    print(f"error: SNI data folder not found: {path} (pass --sni-dir)", file=sys.stderr)
+    return True
 
 
 def provenance(script: str, argv: Sequence[str] | None, threads: int, load_start: float) -> dict[str, Any]:

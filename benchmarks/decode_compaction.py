@@ -23,11 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
-from benchtools import median_time, provenance
+from benchtools import median_time, missing_sni_dir, provenance
 
 from tagi.backbones import PromptExample, load_backbone
 from tagi.backbones.base import pad_left
@@ -87,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "decode_compaction.json"))
     args = parser.parse_args(argv)
-    if not Path(args.sni_dir).is_dir():
-        print(f"error: SNI data folder not found: {args.sni_dir} (pass --sni-dir)", file=sys.stderr)
+    if missing_sni_dir(args.sni_dir):
         return 2
     torch.set_num_threads(args.threads)
     bb = load_backbone(

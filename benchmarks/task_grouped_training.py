@@ -25,12 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
-from benchtools import provenance
+from benchtools import missing_sni_dir, provenance
 
 from tagi.config import LossConfig, load_config
 from tagi.losses import ce_sum
@@ -65,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "task_grouped_training.json"))
     args = parser.parse_args(argv)
-    if not Path(args.sni_dir).is_dir():
-        print(f"error: SNI data folder not found: {args.sni_dir} (pass --sni-dir)", file=sys.stderr)
+    if missing_sni_dir(args.sni_dir):
         return 2
     torch.set_num_threads(args.threads)
     cfg = load_config(ROOT / "configs" / "bench-sni-smollm2.yaml", [f"data.sni_dir={args.sni_dir}"])
