@@ -46,9 +46,9 @@ def run_step(obj: DistillObjective, samples, share: bool) -> tuple[float, int, t
     """Forward + backward of one micro-batch's CE: ``(seconds, prompt tokens processed, logits)``."""
     obj.share_prefix = share
     t0 = time.perf_counter()
-    batch = obj.prepare(samples).data["batch"]
-    logits, labels, _ = student_forward(obj.model, batch, [obj.data.student(s).instruction for s in samples],
-                                        obj.cache)  # fmt: skip
+    data = obj.prepare(samples).data
+    batch = data["batch"]
+    logits, labels, _ = student_forward(obj.model, batch, data["instructions"], obj.cache)
     (ce_sum(logits, labels) / max(int(labels.numel()), 1)).backward()
     seconds = time.perf_counter() - t0
     obj.model.zero_grad(set_to_none=True)
