@@ -1,0 +1,210 @@
+"""Every results table of the README shows the numbers of the results file it cites.
+
+Each results table is registered below with its source files and, per row, where each numeric cell comes
+from. A cell's numbers are parsed (``−`` is a minus sign) and compared with the source value rounded to the
+printed number of decimals, so a hand-edited or stale number fails. A README table that holds numbers but
+is not registered fails too: a new table cannot escape the check.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NUMBER = re.compile(r"[−+-]?\d+(?:\.\d+)?(?:e[−+-]?\d+)?")
+
+
+def load(rel: str) -> dict:
+    return json.loads((ROOT / rel).read_text())
+
+
+def score(results: dict, method: str, setting: str) -> list[float]:
+    """``Rouge-L / EM`` of a method under a setting."""
+    overall = results["methods"][method]["scores"][setting]["overall"]
+    return [overall["rougeL"], overall["exact_match"]]
+
+
+def paired(results: dict, method: str, setting: str) -> list[float]:
+    """``mean (low … high), wins/losses/ties`` of the reference method minus ``method``."""
+    p = results["paired"]["by_setting"][setting][method]
+    return [p["mean"], p["ci_low"], p["ci_high"], p["wins"], p["losses"], p["ties"]]
+
+
+def validation_ce(results: dict, method: str) -> list[float]:
+    """Validation CE at Def of the finetuning that made ``method`` (the main run for ``tagi``)."""
+    stage = "finetune" if method == "tagi" else f"methods/{method}"
+    return [results["stages"][stage]["validation"]["val_ce_pos0"]]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A README table: its source files and ``{row label: [cell -> expected numbers or None]}``."""
+
+    sources: tuple[str, ...]
+    rows: Callable[[list[dict]], dict[str, list[list[float] | None]]]
+
+
+def _methods_table(labels: dict[str, str], settings: tuple[str, ...]) -> Callable:
+    def rows(srcs: list[dict]) -> dict:
+        return {label: [None, *(score(srcs[0], m, s) for s in settings)] for label, m in labels.items()}
+
+    return rows
+
+
+DEMO_ROWS = {
+    "no-finetune (instruction in context)": "no-finetune",
+    "multi-task LoRA (instruction in context)": "multitask-lora",
+    "TAGI (generated adapter + fused instruction)": "tagi",
+    "TAGI with another task's instruction": "tagi-other-instruction",
+    "TAGI with an empty instruction": "tagi-empty-instruction",
+}
+HEADLINE_ROWS = {
+    "no-finetune (instruction in context)": "no-finetune",
+    "multi-task LoRA (instruction in context)": "multitask-lora",
+    "TAGI (generated adapter + fused instruction)": "tagi",
+    "TAGI given another task's instruction": "tagi-other-instruction",
+}
+ABLATION_ROWS = {
+    "HINT-like (CE only, pretrained, fusion)": "hint-like",
+    "TAGI without the hypernetwork (one learned adapter)": "tagi-no-hypernet",
+    "TAGI without KL": "tagi-no-kl",
+    "TAGI without fusion": "tagi-no-fusion",
+    "TAGI without pretraining": "tagi-no-pretrain",
+    "TAGI without CE": "tagi-no-ce",
+    "TAGI without alignment": "tagi-no-align",
+    "Hypter-like (no pretraining, no fusion, CE only)": "hypter-like",
+    "TAGI given an empty instruction": "tagi-empty-instruction",
+    "oracle: LoRA trained on 8 other instances of the test task (2 steps; not zero-shot)": "oracle",
+}
+NO_VALIDATION = {"tagi-empty-instruction", "oracle"}  # evaluated with another method's checkpoint, or none
+
+
+def ablation_rows(srcs: list[dict]) -> dict:
+    res = srcs[0]
+    rows = {"TAGI (reference)": [None, score(res, "tagi", "Def"), None, validation_ce(res, "tagi"), None]}
+    for label, m in ABLATION_ROWS.items():
+        ce = None if m in NO_VALIDATION else validation_ce(res, m)
+        rows[label] = [None, score(res, m, "Def"), paired(res, m, "Def"), ce, None]
+    return rows
+
+
+def _sweep_cells(point: dict) -> list[list[float]]:
+    v = point["validation"]
+    return [[v["val_ce_pos0"], v["val_ce_pos2"], point["score"]], [point["train_loss_last"]["loss"]]]
+
+
+def lr_rows(srcs: list[dict]) -> dict:
+    sweep, lr_results, headline = srcs
+    by_lr = {p["overrides"][0].split("=")[1]: p for p in sweep["points"].values()}
+    chosen = next(m for m in lr_results["methods"] if m.startswith("ckpt:"))
+    test = {
+        "3e-5": [score(lr_results, chosen, s)[0] for s in ("Def", "Def+2Pos")],
+        "1e-3": [score(headline, "tagi", s)[0] for s in ("Def", "Def+2Pos")],
+    }
+    labels = {"3e-5": "3e-5 (chosen)", "1e-3": "1e-3 (headline)"}
+    return {labels.get(lr, lr): [None, *_sweep_cells(p), test.get(lr)] for lr, p in by_lr.items()}
+
+
+TABLES = {
+    "method (Rouge-L / exact match on unseen tasks)": Table(
+        ("docs/demo/results.json",), _methods_table(DEMO_ROWS, ("Def", "Def+2Pos"))
+    ),
+    "method (Rouge-L / exact match, 83 unseen tasks)": Table(
+        ("benchmarks/results/sni-smollm2/results.json",), _methods_table(HEADLINE_ROWS, ("Def", "Def+2Pos"))
+    ),
+    "method (Def, 83 unseen tasks)": Table(
+        ("benchmarks/results/sni-smollm2-ablations/results.json",), ablation_rows
+    ),
+    "finetune lr": Table(
+        (
+            "benchmarks/results/sni-smollm2-lr/sweep.json",
+            "benchmarks/results/sni-smollm2-lr/results.json",
+            "benchmarks/results/sni-smollm2/results.json",
+        ),
+        lr_rows,
+    ),
+}
+UNCHECKED = {"module"}  # tables without results (the design table)
+
+
+def readme_tables(text: str) -> dict[str, list[list[str]]]:
+    """``{first header cell: body rows as lists of cells}`` of every Markdown table in ``text``."""
+    tables, block = {}, []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append([c.strip() for c in line.strip().strip("|").split("|")])
+            continue
+        if block:
+            tables[block[0][0]] = block[2:]
+            block = []
+    return tables
+
+
+def numbers(cell: str) -> list[str]:
+    return NUMBER.findall(cell.replace("*", ""))
+
+
+def same(printed: str, value: float) -> bool:
+    """``printed`` is ``value`` rounded to the printed number of decimals."""
+    p = printed.replace("−", "-")
+    decimals = len(p.split(".")[1]) if "." in p and "e" not in p else 0
+    return float(p) == float(f"{value:.{decimals}f}")
+
+
+def check_cell(cell: str, expected: list[float] | None) -> str | None:
+    """An error message, or None when the cell shows ``expected`` (``None``: text, not checked)."""
+    if expected is None:
+        return None
+    got = numbers(cell)
+    if len(got) != len(expected) or not all(same(g, e) for g, e in zip(got, expected)):
+        shown = ", ".join(f"{e:.4g}" for e in expected)
+        return f"cell '{cell}' should show [{shown}]"
+    return None
+
+
+README = (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("header", sorted(TABLES))
+def test_readme_table_matches_its_results_file(header):
+    tables = readme_tables(README)
+    assert header in tables, f"the README has no table headed '{header}'"
+    spec = TABLES[header]
+    expected = spec.rows([load(s) for s in spec.sources])
+    body = {row[0].replace("*", ""): row for row in tables[header]}
+    assert set(body) == set(expected), f"rows differ: README {sorted(body)} vs checked {sorted(expected)}"
+    errors = [
+        f"{label}: {msg}"
+        for label, cells in expected.items()
+        for cell, want in zip(body[label], cells)
+        if (msg := check_cell(cell, want))
+    ]
+    assert not errors, "\n".join(errors)
+
+
+def test_every_results_table_is_checked():
+    unregistered = set(readme_tables(README)) - set(TABLES) - UNCHECKED
+    assert not unregistered, f"README tables with numbers but no registered source: {unregistered}"
+
+
+@pytest.mark.parametrize(
+    ("cell", "expected", "ok"),
+    [
+        ("**38.4 / 23.2**", [38.44, 23.2], True),
+        ("38.4 / 23.2", [38.46, 23.2], False),
+        ("−1.7 (−5.1 … +1.6), 25/34/24", [-1.69, -5.109, 1.649, 25, 34, 24], True),
+        ("−1.7 (−5.1 … +1.6), 25/34/24", [-1.69, -5.109, 1.649, 25, 33, 24], False),
+        ("3.86 / 3.69 (**3.77**)", [3.8597, 3.685, 3.7724], True),
+        ("8.14", [8.1449], True),
+        ("8.15", [8.1449], False),
+        ("–", None, True),
+    ],
+)
+def test_cell_check_catches_a_changed_number(cell, expected, ok):
+    assert (check_cell(cell, expected) is None) is ok
