@@ -38,6 +38,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "evaluate": ("tagi.evaluate.commands:evaluate", "evaluate methods and baselines; write a report"),
     "demo": ("tagi.evaluate.commands:demo", "the whole pipeline on the embedded model and built-in tasks"),
+    "serve": (
+        "tagi.commands.serve:serve",
+        "serve instant adapters over HTTP: a web page and an OpenAI-style API",
+    ),
 }
 
 

@@ -1,0 +1,99 @@
+"""``tagi serve``: one process loads the base model and the hypernetwork once and serves adapters over HTTP.
+
+See :mod:`tagi.serve` for the design (scheduler, cache, endpoints) and the README's "Serve" section.
+Safe by default: it binds 127.0.0.1; any other address needs a bearer token (``--token`` or the
+``TAGI_SERVE_TOKEN`` environment variable) and is refused without one, before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from pathlib import Path
+
+from tagi.errors import TagiError
+
+log = logging.getLogger("tagi.serve")
+DEMO_CHECKPOINT = Path("runs/demo/finetune/final")
+
+
+class ServeError(TagiError, ValueError):
+    """A ``tagi serve`` option that cannot work (no checkpoint, an open bind without a token, ...)."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
+def resolve_checkpoint(checkpoint: str | None) -> Path:
+    if checkpoint is not None:
+        return Path(checkpoint)
+    if (DEMO_CHECKPOINT / "tagi_config.json").is_file():
+        return DEMO_CHECKPOINT
+    raise ServeError(f"no --checkpoint given and no demo checkpoint at {DEMO_CHECKPOINT}: run 'tagi demo' "
+                     "first, or pass --checkpoint DIR")  # fmt: skip
+
+
+def check_bind(host: str, token: str | None) -> None:
+    if not is_loopback(host) and not token:
+        raise ServeError(f"refusing to serve on {host} without a token: pass --token (or set TAGI_SERVE_TOKEN), "
+                         "or bind 127.0.0.1")  # fmt: skip
+
+
+def serve(
+    checkpoint: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    cors_origin: list[str] | None = None,
+    max_batch: int = 16,
+    max_queue: int = 256,
+    max_tokens: int | None = None,
+    max_body_bytes: int = 1_000_000,
+    cache_mb: int = 512,
+    timeout: float = 120.0,
+    device: str = "cpu",
+) -> int:
+    """Serve instant adapters over HTTP: a web page at /, an OpenAI-compatible API under /v1.
+
+    Args:
+        checkpoint: hypernetwork checkpoint folder (default: runs/demo/finetune/final from 'tagi demo').
+        host: address to bind; anything but loopback needs --token.
+        port: TCP port.
+        token: bearer token required on /v1 and /metrics (default: $TAGI_SERVE_TOKEN; none on loopback).
+        cors_origin: origins allowed to call the API from a browser (CORS is off by default).
+        max_batch: requests (rows) decoded together, whatever their adapters.
+        max_queue: rows allowed to wait; more get 429.
+        max_tokens: largest max_tokens a request may ask (default: the model's max_target_tokens).
+        max_body_bytes: largest request body.
+        cache_mb: memory for generated adapters (least recently used are dropped, and regenerated on use).
+        timeout: seconds a request may wait for the model before a 408.
+        device: torch device.
+    """
+    token = token or os.environ.get("TAGI_SERVE_TOKEN") or None
+    check_bind(host, token)
+    path = resolve_checkpoint(checkpoint)
+    import uvicorn
+
+    from tagi import Tagi
+    from tagi.serve.app import create_app
+    from tagi.serve.runner import uvicorn_config
+    from tagi.serve.service import Limits, Service
+
+    limits = Limits(max_body_bytes=max_body_bytes, max_tokens=max_tokens, max_batch=max_batch,
+                    max_queue=max_queue, timeout_s=timeout, cache_bytes=cache_mb * 2**20)  # fmt: skip
+    service = Service(Tagi.from_checkpoint(path, device=device), limits)
+    app = create_app(service, token=token, cors_origins=cors_origin or ())
+    print(f"tagi serve: http://{host}:{port}/  (checkpoint {path}, base model {service.base_name}"
+          f"{', bearer token required' if token else ''}; Ctrl-C stops)", flush=True)  # fmt: skip
+    try:
+        uvicorn.Server(uvicorn_config(app, host, port)).run()
+    finally:
+        service.close()
+    return 0

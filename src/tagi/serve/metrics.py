@@ -1,0 +1,56 @@
+"""Prometheus metrics of one server (its own registry, so several apps in one process do not collide).
+
+``GET /metrics`` serves them in the Prometheus text format: requests by endpoint and status, request
+latency, decoded batch sizes and times, queue depth, cached adapters and their bytes, adapter generation
+time and generated tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("tagi_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
+                                registry=r)  # fmt: skip
+        self.latency = Histogram("tagi_request_latency_seconds", "HTTP request latency by endpoint",
+                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.batch_size = Histogram("tagi_batch_size", "rows decoded together in one batch",
+                                    buckets=BATCH_BUCKETS, registry=r)  # fmt: skip
+        self.batch_seconds = Histogram("tagi_batch_seconds", "time to decode one batch",
+                                       buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.adapter_seconds = Histogram("tagi_adapter_generation_seconds", "hypernetwork call per adapter",
+                                         buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.tokens = Counter("tagi_completion_tokens", "tokens generated", registry=r)
+        self.queue_depth = Gauge("tagi_queue_depth", "rows waiting to be decoded", registry=r)
+        self.adapters = Gauge("tagi_adapters_cached", "generated adapters held in memory", registry=r)
+        self.adapter_bytes = Gauge("tagi_adapter_cache_bytes", "bytes of cached adapter tensors", registry=r)
+
+    def track(
+        self, depth: Callable[[], float], count: Callable[[], float], nbytes: Callable[[], float]
+    ) -> None:
+        """Gauges read at scrape time."""
+        self.queue_depth.set_function(depth)
+        self.adapters.set_function(count)
+        self.adapter_bytes.set_function(nbytes)
+
+    def observe_batch(self, rows: int, seconds: float) -> None:
+        self.batch_size.observe(rows)
+        self.batch_seconds.observe(seconds)
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,57 @@
+"""Scheduler and cache units: batch keys, per-row adapter stacking, LRU bounds and regeneration by id."""
+
+from __future__ import annotations
+
+import torch
+from serve_testing import make_checkpoint
+
+from tagi import Tagi
+from tagi.lora import LoraWeights
+from tagi.serve.cache import AdapterCache, Entry, adapter_bytes, adapter_id
+from tagi.serve.scheduler import Row, batch_key, stack_rows
+from tagi_testing import random_adapter
+
+
+def test_batch_key_ignores_the_adapter_but_not_the_decoding_settings(backbones):
+    bb = backbones["tiny-llama"]
+    w1, w2 = random_adapter(bb, 1), random_adapter(bb, 1)
+    greedy = Row(w1, "ins a", "src", "fuse", 8)
+    assert batch_key(greedy, "causal") == batch_key(Row(w2, "ins b", "s", "fuse", 8), "causal")
+    assert batch_key(greedy, "causal") == batch_key(Row(None, "", "s", "none", 8), "causal")
+    assert batch_key(greedy, "seq2seq") != batch_key(Row(None, "", "s", "none", 8), "seq2seq")
+    assert batch_key(greedy, "causal") != batch_key(Row(w1, "i", "s", "fuse", 9), "causal")
+    assert batch_key(greedy, "causal") != batch_key(Row(w1, "i", "s", "fuse", 8, temperature=0.7), "causal")
+    seeded = [Row(w1, "i", "s", "fuse", 8, 0.7, 1.0, seed=3, group=g) for g in (1, 1, 2)]
+    assert batch_key(seeded[0], "causal") == batch_key(seeded[1], "causal") != batch_key(seeded[2], "causal")
+
+
+def test_stack_rows_gives_each_row_its_adapter_and_base_rows_zeros(backbones):
+    bb = backbones["tiny-llama"]
+    w1, w2 = random_adapter(bb, 1), random_adapter(bb, 1)
+    assert stack_rows([Row(None, "", "s", "fuse", 8)]) is None
+    assert stack_rows([Row(w1, "", "s", "fuse", 8), Row(w1, "", "t", "fuse", 8)]) is w1  # shared: batch 1
+    mixed = stack_rows(
+        [Row(w2, "", "s", "fuse", 8), Row(None, "", "s", "fuse", 8), Row(w1, "", "s", "fuse", 8)]
+    )
+    assert isinstance(mixed, LoraWeights) and mixed.batch_size == 3
+    name = w1.names[0]
+    assert torch.equal(mixed.A[name][0], w2.A[name][0]) and torch.equal(mixed.A[name][2], w1.A[name][0])
+    assert not mixed.A[name][1].any() and not mixed.B[name][1].any()
+
+
+def test_lru_is_bounded_in_bytes_and_evicted_ids_are_regenerated(backbones, tmp_path):
+    tagi = Tagi.from_checkpoint(
+        make_checkpoint(backbones["tiny-llama"], tmp_path / "c"), backbone=backbones["tiny-llama"]
+    )
+    adapters = [tagi.generate_adapter(t) for t in ("one", "two", "three")]
+    size = adapter_bytes(adapters[0])
+    cache = AdapterCache(max_bytes=2 * size)
+    keys = [adapter_id(tagi.checkpoint_sha256, a.instruction, a.fuse) for a in adapters]
+    for k, a, text in zip(keys, adapters, ("one", "two", "three")):
+        cache.put(Entry(k, a, text, 0.0, 0), {"instruction": text, "pos_examples": []})
+        assert cache.nbytes <= 2 * size
+    assert cache.get(keys[0]) is None and cache.get(keys[2]) is not None and len(cache) == 2
+    assert cache.recipe(keys[0]) == {"instruction": "one", "pos_examples": []}  # can be made again
+    assert cache.recipe("f" * 32) is None
+    assert len(set(keys)) == 3 and all(len(k) == 32 for k in keys)
+    assert adapter_id("x", "a", True) != adapter_id("x", "a", False) != adapter_id("y", "a", False)
