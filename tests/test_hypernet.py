@@ -69,3 +69,40 @@ def test_instructions_give_different_adapters_after_a_step(backbone):
     w = hn(states, mask)
     name = w.names[0]
     assert not torch.allclose(w.delta(name)[0], w.delta(name)[1])
+
+
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_standardized_input_removes_the_shared_part(backbone, pooling):
+    """After fitting, the pooled training instructions have mean 0 and std 1 per dimension, whatever pooling
+    (both are convex combinations of the tokens, so standardising the tokens standardises the pool)."""
+    net = make(backbone, pooling=pooling, input_norm="standardize")
+    shared = torch.randn(backbone.hidden_size) * 10  # a large component every instruction shares
+    states = shared + torch.randn(6, 5, backbone.hidden_size)
+    mask = torch.ones(6, 5, dtype=torch.long)
+    mask[0, 3:] = 0
+    pooled = masked_mean(states, mask)
+    net.fit_input_stats(pooled)
+    standardized = (pooled.double() - net.input_mean.double()) / net.input_std.double()
+    # the statistics are fitted in float64 and stored as float32 buffers: |mu| ~ 10 carries a rounding of
+    # ~eps32 * 10 ~ 1e-6, which is what a standardised value of order 1 can be off by
+    tol = 100 * torch.finfo(torch.float32).eps * float(pooled.abs().max() / net.input_std.min())
+    torch.testing.assert_close(standardized.mean(0), torch.zeros_like(standardized[0]), rtol=0, atol=tol)
+    torch.testing.assert_close(standardized.std(0), torch.ones_like(standardized[0]), rtol=0, atol=tol)
+    # the statistics are buffers: saved with the weights, not trained
+    assert {"input_mean", "input_std"} <= set(net.state_dict()) and not any(
+        n.startswith("input_") for n, _ in net.named_parameters()
+    )
+    if pooling == "mean":  # the network's pooled input is exactly the standardised pooled vector
+        probe = {}
+        net.norm.register_forward_hook(lambda m, i, o: probe.setdefault("u", i[0]))
+        net(states, mask)
+        # float32 forward vs the float64 reference: values of order 1, so 1e-5 is ~100 float32 ulps
+        torch.testing.assert_close(probe["u"].double(), standardized, rtol=1e-5, atol=1e-5)
+
+
+def test_fit_input_stats_refuses_bad_shapes(backbone):
+    net = make(backbone, input_norm="standardize")
+    with pytest.raises(ValueError, match="N >= 2"):
+        net.fit_input_stats(torch.randn(1, backbone.hidden_size))
+    with pytest.raises(ValueError, match="input_norm"):
+        make(backbone).fit_input_stats(torch.randn(3, backbone.hidden_size))

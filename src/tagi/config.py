@@ -89,6 +89,12 @@ class HyperConfig:
         "mean", "How instruction token states are pooled: padding-masked mean or learned-query attention."
     )
     num_queries: int = field_(4, "Learned queries for attention pooling.")
+    input_norm: Literal["none", "standardize"] = field_(
+        "none",
+        "Per-dimension standardisation of the instruction states before pooling, with the mean and std of the "
+        "pooled training instructions (fitted once when the hypernetwork is created, stored in the checkpoint). "
+        "Without it the part every instruction shares dominates the input (SmolLM2: 91% of the squared norm).",
+    )
     dropout: float = field_(0.0, "Dropout inside the hypernetwork MLP.")
     a_init_std: float = field_(
         0.02,
@@ -269,10 +275,24 @@ class FinetuneConfig:
         "student_num_pos per chunk): the instruction's adapter and, for decoder-only models, its prompt "
         "prefix are computed once per chunk instead of once per example. Must divide train.batch_size.",
     )
+    prompt_dropout: float = field_(
+        0.0,
+        "Share of training examples whose prompt carries no instruction (an empty fused instruction) while "
+        "the hypernetwork still reads it, so the generated adapter alone must carry the task. Drawn per "
+        "example (per chunk with task_group > 1) and epoch, seeded. Needs fusion.",
+    )
     train: TrainConfig = field_(TrainConfig(max_steps=200, lr=1e-3), "Training settings.")
 
     def __post_init__(self) -> None:
         _check(self.task_group >= 1, f"finetune.task_group must be >= 1, got {self.task_group}")
+        _check(
+            0.0 <= self.prompt_dropout < 1.0,
+            f"finetune.prompt_dropout must be in [0, 1), got {self.prompt_dropout}",
+        )
+        _check(
+            self.prompt_dropout == 0 or self.fusion,
+            "finetune.prompt_dropout needs finetune.fusion=true (without fusion the prompt has no instruction)",
+        )
         _check(
             self.train.batch_size % self.task_group == 0,
             f"finetune.task_group={self.task_group} must divide finetune.train.batch_size={self.train.batch_size}",

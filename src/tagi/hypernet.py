@@ -4,6 +4,7 @@ Shapes (``N`` instructions, ``T`` tokens, ``H`` base hidden size, ``J`` target m
 ``E`` module-embedding size, ``r`` rank)::
 
     states [N, T, H], mask [N, T]
+      -> standardise (optional): (states - mu) / sigma              [N, T, H]
       -> pool (padding-masked mean, or learned-query attention)     u [N, H]
       -> LayerNorm + Linear                                          z [N, D]
       -> concat with the learned embedding e_j of each (layer, module) pair
@@ -18,6 +19,12 @@ The generated update is ``dW = (alpha / r) * B @ A``. The B-head starts at zero,
 like a standard LoRA A (uniform in ±1/sqrt(in) through its bias, small random weights) — the gradient
 reaches the hypernetwork from the first step. (Starting both heads at ~0, as the official code does,
 makes both gradients vanish.)
+
+Input standardisation (``hyper.input_norm = "standardize"``): ``mu, sigma [H]`` are the per-dimension mean
+and std of the mean-pooled states of the training instructions, fitted once (:meth:`fit_input_stats`) and
+saved as buffers. Both poolings are convex combinations of the token states, so standardising the tokens
+standardises the pooled vector: ``pool((s - mu) / sigma) = (pool(s) - mu) / sigma``. The part every
+instruction shares (most of a language model's pooled state) is removed before the network sees it.
 """
 
 from __future__ import annotations
@@ -65,6 +72,9 @@ class HyperNetwork(nn.Module):
         self.input_dim = input_dim
         d, r = cfg.hidden, cfg.rank
         self.pool = AttentionPool(input_dim, cfg.num_queries) if cfg.pooling == "attention" else None
+        if cfg.input_norm == "standardize":
+            self.register_buffer("input_mean", torch.zeros(input_dim))
+            self.register_buffer("input_std", torch.ones(input_dim))
         self.norm = nn.LayerNorm(input_dim)
         self.proj = nn.Linear(input_dim, d)
         self.module_embed = nn.Embedding(len(self.targets), cfg.module_embed_dim)
@@ -96,6 +106,22 @@ class HyperNetwork(nn.Module):
             nn.init.zeros_(self.head_b[kind].weight)
             nn.init.zeros_(self.head_b[kind].bias)
 
+    @torch.no_grad()
+    def fit_input_stats(self, pooled: torch.Tensor) -> None:
+        """Fit ``mu, sigma`` from mean-pooled training instructions ``pooled [N, H]`` (``N >= 2``).
+
+        ``sigma`` is floored at 1e-3 of its mean, so a dimension constant over the instructions is not
+        amplified into noise.
+        """
+        if self.cfg.input_norm != "standardize":
+            raise ValueError("fit_input_stats needs hyper.input_norm = 'standardize'")
+        if pooled.dim() != 2 or pooled.shape[0] < 2 or pooled.shape[1] != self.input_dim:
+            raise ValueError(f"need pooled states [N >= 2, {self.input_dim}], got {tuple(pooled.shape)}")
+        pooled = pooled.to(torch.float64)
+        std = pooled.std(0)
+        self.input_mean.copy_(pooled.mean(0))
+        self.input_std.copy_(std.clamp_min(1e-3 * float(std.mean())))
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -103,6 +129,8 @@ class HyperNetwork(nn.Module):
         """``states [N, T, H]``, ``mask [N, T]`` -> factors for all target modules (A [N,r,in], B [N,out,r])."""
         n, r = states.shape[0], self.cfg.rank
         states = states.to(self.proj.weight.dtype)
+        if self.cfg.input_norm == "standardize":
+            states = (states - self.input_mean.to(states.dtype)) / self.input_std.to(states.dtype)
         pooled = self.pool(states, mask) if self.pool is not None else masked_mean(states, mask)  # [N, H]
         z = self.proj(self.norm(pooled))  # [N, D]
         emb = self.module_embed.weight  # [J, E]

@@ -16,7 +16,7 @@ from tagi.model import InstructionCache, TagiModel
 from tagi.train.batching import Sample, StepSampler
 from tagi.train.common import training_tasks
 from tagi.train.distill import TeacherSet, TopkCache, check_same_labels
-from tagi.train.finetune import DistillObjective, FinetuneData
+from tagi.train.finetune import DistillObjective, FinetuneData, student_forward
 from tagi.train.stages import get_backbone, new_model, run_finetune, run_pretrain, run_teachers
 from tagi.train.teachers import load_teachers
 
@@ -270,3 +270,60 @@ def test_task_grouped_finetuning_trains(tmp_path, teachers_dir):
     done = json.loads((out / "DONE.json").read_text())
     assert done["losses"]["last"]["ce"] < done["losses"]["first"]["ce"]
     assert done["config"]["finetune"]["task_group"] == 2
+
+
+def test_prompt_dropout_empties_the_prompt_but_not_the_hypernetwork_input(tmp_path):
+    cfg = tiny_config(tmp_path / "run")
+    tasks, _ = training_tasks(cfg)
+    data = FinetuneData(tasks, [0, 2], teacher_num_pos=2, seed=0, prompt_dropout=0.5)
+    samples = [Sample(i, e) for i in range(len(data)) for e in range(4)]
+    dropped = [s for s in samples if data.prompt_dropped(s)]
+    assert 0 < len(dropped) < len(samples)  # a seeded share, redrawn per epoch
+    assert dropped == [s for s in samples if data.prompt_dropped(s)]
+    for s in samples:
+        real = data.example(s.index, data.num_pos(s)).instruction
+        assert data.hyper_instruction(s) == real and real.startswith("Definition:")
+        assert data.student(s).instruction == ("" if s in dropped else real)
+        assert data.student(s).target == data.teacher(s.index).target
+    plain = FinetuneData(tasks, [0, 2], teacher_num_pos=2, seed=0)
+    assert not any(plain.prompt_dropped(s) for s in samples)
+
+
+def test_prompt_dropout_student_reads_the_instruction_only_through_its_adapter(tmp_path, teachers_dir):
+    """A dropped example's logits are those of the empty prompt with the *task's* generated adapter."""
+    cfg = tiny_config(tmp_path / "run", "finetune.prompt_dropout=0.5")
+    obj = _objective(cfg, teachers_dir, topk=False)
+    obj.data.prompt_dropout = 0.5
+    samples = [Sample(i, 0) for i in range(len(obj.data))]
+    s = next(s for s in samples if obj.data.prompt_dropped(s))
+    batch = obj.prepare([s])
+    hyper = batch.data["hyper_instructions"]
+    assert batch.data["instructions"] == [""] and hyper[0].startswith("Definition:")
+    with torch.no_grad():
+        logits, labels, _ = student_forward(
+            obj.model, batch.data["batch"], [""], obj.cache, "instruction", hyper
+        )
+        ref_batch = obj.bb.collate([obj.data.student(s)], "fuse")
+        ref, ref_labels, _ = obj.bb.forward(ref_batch, obj.model.adapters(hyper))
+    assert torch.equal(labels, ref_labels) and torch.equal(logits, ref)
+
+
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-t5"])
+def test_standardized_input_and_prompt_dropout_train(tmp_path, teachers_dir, family):
+    """Both levers end to end: the fitted statistics are saved and reloaded, and the loss goes down."""
+    cfg = tiny_config(
+        tmp_path / "run",
+        f"model.name={family}",
+        "hyper.input_norm=standardize",
+        "finetune.prompt_dropout=0.5",
+        "finetune.use_pretrained=false",
+        "finetune.loss.kl=0",
+        "finetune.loss.align=0",
+        "finetune.train.max_steps=24",
+    )
+    out = run_finetune(cfg)
+    done = json.loads((out / "DONE.json").read_text())
+    assert done["losses"]["last"]["ce"] < done["losses"]["first"]["ce"]
+    model = TagiModel.load(out / "final", get_backbone(cfg))
+    assert float(model.hypernet.input_std.min()) > 0 and float(model.hypernet.input_mean.abs().max()) > 0
+    torch.testing.assert_close(model.hypernet.input_mean, _weights(out)["input_mean"], rtol=0, atol=0)

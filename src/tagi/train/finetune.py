@@ -8,6 +8,9 @@
   from ``finetune.student_num_pos`` (default ``[0, 2]``: one hypernetwork serves Def and Def+2Pos).
   ``finetune.hyper_input=empty`` (the "without hypernetwork" ablation) feeds the hypernetwork one empty
   text for every task — a single learned adapter — while the fusion still shows the model the instruction.
+  ``finetune.prompt_dropout = p`` is the converse: for a seeded share ``p`` of the examples the prompt's
+  fused instruction is empty while the hypernetwork still reads the task's instruction, so the generated
+  adapter alone must carry the task (the model cannot read it from the prompt).
 - **Teacher**: base + the task's teacher LoRA (stage 0) with the Def+2Pos instruction in context; no
   gradient. On the fly, or from the top-k cache (:mod:`tagi.train.distill`).
 - CE and KL are sums over label tokens divided by the label tokens of the optimiser step; ``L_align``
@@ -64,9 +67,15 @@ class FinetuneData:
     """One training example per (task, instance), seen as the student sees it and as the teacher sees it."""
 
     def __init__(
-        self, tasks: Sequence[Task], student_num_pos: Sequence[int], teacher_num_pos: int, seed: int
+        self,
+        tasks: Sequence[Task],
+        student_num_pos: Sequence[int],
+        teacher_num_pos: int,
+        seed: int,
+        prompt_dropout: float = 0.0,
     ):
         self.tasks = list(tasks)
+        self.prompt_dropout = prompt_dropout
         self.items = [(ti, ii) for ti, t in enumerate(self.tasks) for ii in range(len(t.instances))]
         self.student_num_pos = list(student_num_pos)
         self.teacher_num_pos = teacher_num_pos
@@ -84,6 +93,11 @@ class FinetuneData:
     def task_name(self, index: int) -> str:
         return self.tasks[self.items[index][0]].name
 
+    def _rng(self, what: str, sample: Sample) -> random.Random:
+        """The seeded draw ``what`` of a sample in its epoch (per chunk in a task-grouped stream)."""
+        key = f"chunk{sample.chunk}" if sample.chunk >= 0 else sample.index
+        return random.Random(f"tagi-{what}:{self.seed}:{sample.epoch}:{key}")
+
     def num_pos(self, sample: Sample) -> int:
         """The student's number of positive examples for this example in this epoch (seeded draw).
 
@@ -91,8 +105,11 @@ class FinetuneData:
         """
         if len(self.student_num_pos) == 1:
             return self.student_num_pos[0]
-        key = f"chunk{sample.chunk}" if sample.chunk >= 0 else sample.index
-        return random.Random(f"tagi-numpos:{self.seed}:{sample.epoch}:{key}").choice(self.student_num_pos)
+        return self._rng("numpos", sample).choice(self.student_num_pos)
+
+    def prompt_dropped(self, sample: Sample) -> bool:
+        """Whether this example's prompt goes without its instruction this epoch (``prompt_dropout``)."""
+        return self.prompt_dropout > 0 and self._rng("promptdrop", sample).random() < self.prompt_dropout
 
     def example(self, index: int, num_pos: int) -> PromptExample:
         ti, ii = self.items[index]
@@ -100,7 +117,14 @@ class FinetuneData:
         return PromptExample(self._instr[(ti, num_pos)], format_source(inst.input), inst.outputs[0])
 
     def student(self, sample: Sample) -> PromptExample:
-        return self.example(sample.index, self.num_pos(sample))
+        """The student's prompt example (its instruction is empty when :meth:`prompt_dropped`)."""
+        ex = self.example(sample.index, self.num_pos(sample))
+        return PromptExample("", ex.source, ex.target) if self.prompt_dropped(sample) else ex
+
+    def hyper_instruction(self, sample: Sample) -> str:
+        """The instruction the hypernetwork reads for this example (never dropped)."""
+        ti, _ = self.items[sample.index]
+        return self._instr[(ti, self.num_pos(sample))]
 
     def teacher(self, index: int) -> PromptExample:
         return self.example(index, self.teacher_num_pos)
@@ -124,16 +148,22 @@ def student_forward(
     instructions: Sequence[str],
     cache: InstructionCache,
     hyper_input: str = "instruction",
+    hyper_instructions: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, LoraWeights]:
     """Student logits ``[M, V]``, labels ``[M]`` and generated adapters ``[N]``.
 
-    ``hyper_input="empty"``: the hypernetwork reads one empty text for every example (a single learned
-    adapter) while the fused instruction — T5 FiD states or the decoder-only prompt prefix — stays the task's.
+    ``instructions`` are the fused ones (the prompt's); the hypernetwork reads ``hyper_instructions``
+    (default: the same). ``hyper_input="empty"``: it reads one empty text for every example (a single
+    learned adapter) while the fused instruction — T5 FiD states or the decoder-only prompt prefix — stays
+    the task's.
     """
-    if hyper_input == "instruction":
+    hyper = list(hyper_instructions) if hyper_instructions is not None else list(instructions)
+    if hyper_input == "empty":
+        hyper = [""] * len(instructions)
+    if hyper == list(instructions):
         logits, labels, _, weights = model(batch, instructions, cache)
         return logits, labels, weights
-    weights = model.adapters([""] * len(instructions), cache)
+    weights = model.adapters(hyper, cache)
     fuse_states = None
     if batch.fuse_ids is not None:
         fuse_states, batch.fuse_mask = cache.get(model.bb, instructions)
@@ -179,6 +209,7 @@ class DistillObjective:
         data: dict[str, Any] = {
             "batch": batch,
             "instructions": [e.instruction for e in students],
+            "hyper_instructions": [self.data.hyper_instruction(s) for s in samples],
             "tasks": [self.data.task_name(s.index) for s in samples],
         }
         if self.loss.kl > 0 and self.topk is not None:
@@ -208,7 +239,7 @@ class DistillObjective:
     def terms(self, batch: MicroBatch) -> dict[str, Term]:
         d = batch.data
         logits, labels, weights = student_forward(
-            self.model, d["batch"], d["instructions"], self.cache, self.hyper_input
+            self.model, d["batch"], d["instructions"], self.cache, self.hyper_input, d["hyper_instructions"]
         )
         out: dict[str, Term] = {}
         if self.loss.ce > 0:

@@ -16,6 +16,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,11 @@ import torch
 from tagi.adapters import ADAPTER_CONFIG, TAGI_META
 from tagi.backbones import Backbone, load_backbone
 from tagi.config import ExperimentConfig, to_dict
+from tagi.data.prompts import format_instruction
 from tagi.data.select import task_examples
+from tagi.data.sni import Task
 from tagi.errors import TagiError
+from tagi.hypernet import masked_mean
 from tagi.model import InstructionCache, TagiModel
 from tagi.train import dist
 from tagi.train.batching import StepSampler
@@ -165,11 +169,33 @@ def run_teachers(
 # ------------------------------------------------------------------------------------------- stage 1
 
 
-def new_model(cfg: ExperimentConfig, backbone: Backbone) -> TagiModel:
-    """A freshly initialised hypernetwork (seeded by ``cfg.seed``)."""
+def new_model(cfg: ExperimentConfig, backbone: Backbone, tasks: Sequence[Task] = ()) -> TagiModel:
+    """A freshly initialised hypernetwork (seeded by ``cfg.seed``).
+
+    With ``hyper.input_norm = "standardize"`` its input statistics are fitted on the instructions of the
+    training ``tasks`` as the student sees them (every ``finetune.student_num_pos``).
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return TagiModel(backbone, cfg.hyper)
+        model = TagiModel(backbone, cfg.hyper)
+    if cfg.hyper.input_norm == "standardize":
+        texts = sorted({format_instruction(t, k) for t in tasks for k in cfg.finetune.student_num_pos})
+        if len(texts) < 2:
+            raise TagiError(
+                "hyper.input_norm=standardize needs the instructions of at least 2 training tasks"
+            )
+        model.hypernet.fit_input_stats(pooled_instructions(backbone, texts, cfg.finetune.train.batch_size))
+    return model
+
+
+@torch.no_grad()
+def pooled_instructions(backbone: Backbone, texts: Sequence[str], batch_size: int) -> torch.Tensor:
+    """Mean-pooled (padding-masked) frozen encodings of ``texts``: ``[N, H]``."""
+    cache, out = InstructionCache(), []
+    for s in range(0, len(texts), batch_size):
+        states, mask = cache.get(backbone, texts[s : s + batch_size])
+        out.append(masked_mean(states.float(), mask))
+    return torch.cat(out)
 
 
 def run_pretrain(
@@ -192,7 +218,7 @@ def run_pretrain(
     texts = pretrain_texts(cfg, tasks)
     p = cfg.pretrain
     examples = segment_examples(bb, texts, p.segment_tokens, p.min_segment_tokens, cfg.seed)
-    model = new_model(cfg, bb)
+    model = new_model(cfg, bb, tasks)
     fingerprint = stage_settings(to_dict(cfg), "pretrain")
     res = train_loop(
         model, PretrainObjective(model, examples), example_lengths(bb, examples, instruction=False), p.train,
@@ -212,10 +238,12 @@ def run_pretrain(
 # ------------------------------------------------------------------------------------------- stage 2
 
 
-def init_model(cfg: ExperimentConfig, backbone: Backbone, init_ckpt: Path | None) -> TagiModel:
+def init_model(
+    cfg: ExperimentConfig, backbone: Backbone, init_ckpt: Path | None, tasks: Sequence[Task] = ()
+) -> TagiModel:
     """The hypernetwork to finetune: a checkpoint's (same hyper settings required) or a fresh one."""
     if init_ckpt is None:
-        return new_model(cfg, backbone)
+        return new_model(cfg, backbone, tasks)
     model = TagiModel.load(init_ckpt, backbone)
     if to_dict(model.hyper_cfg) != to_dict(cfg.hyper):
         raise TagiError(f"{init_ckpt} was trained with other `hyper` settings than the config's")
@@ -261,9 +289,9 @@ def run_finetune(
     tdir = Path(teachers_dir) if teachers_dir else Path(cfg.out_dir) / "teachers"
     teachers = TeacherSet(*load_teachers(tdir), bb.device) if needs_teachers(cfg) else None
     init = resolve_init(cfg, init_ckpt)
-    model = init_model(cfg, bb, init)
+    model = init_model(cfg, bb, init, train_tasks)
     teacher_pos = teachers.num_pos if teachers else cfg.teachers.num_pos
-    data = FinetuneData(train_tasks, ft.student_num_pos, teacher_pos, cfg.seed)
+    data = FinetuneData(train_tasks, ft.student_num_pos, teacher_pos, cfg.seed, ft.prompt_dropout)
     lengths = student_lengths(bb, data, ft.fusion)
     tc = ft.train
     groups, k = data.task_ids(), ft.task_group
@@ -272,8 +300,8 @@ def run_finetune(
     )
     drawn = drawn.samples_until(tc.max_steps)  # what the whole run will see: only these are prepared
     cache = InstructionCache()
-    extra = [""] if ft.hyper_input == "empty" else []
-    used = list(dict.fromkeys(data.student(s).instruction for s in drawn))
+    extra = [""] if ft.hyper_input == "empty" or ft.prompt_dropout > 0 else []
+    used = list(dict.fromkeys(data.hyper_instruction(s) for s in drawn))
     warm_instruction_cache(model, cache, used + extra, ft.train.batch_size)
     topk = None
     if ft.teacher_cache and ft.loss.kl > 0:
