@@ -26,10 +26,11 @@ WAIT_S = 120  # only turns a hang into a failure; never a speed claim
 
 
 def make_checkpoint(backbone, out: Path) -> Path:
-    """A tiny 'trained' checkpoint: B-heads randomised so every generated dW is clearly non-zero."""
-    model = TagiModel(backbone, HYPER)
+    """A tiny 'trained' checkpoint (the same whatever ran before): B-heads randomised so every generated dW
+    is clearly non-zero."""
     with torch.random.fork_rng():
         torch.manual_seed(7)
+        model = TagiModel(backbone, HYPER)
         for head in model.hypernet.head_b.values():
             torch.nn.init.normal_(head.weight, std=0.05)
     return model.save(out)
