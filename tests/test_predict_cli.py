@@ -13,7 +13,8 @@ import torch
 from tagi.cli import main
 from tagi.config import HyperConfig
 from tagi.data import format_instruction, load_task
-from tagi.generate import Adapter, Tagi, write_jsonl_atomic
+from tagi.files import write_jsonl
+from tagi.generate import Adapter, Tagi
 from tagi.model import TagiModel
 
 INPUTS = ["hello world", "abc"]
@@ -136,9 +137,9 @@ def test_output_written_atomically(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("tagi.generate.json.dumps", boom)
+    monkeypatch.setattr("tagi.files.json.dumps", boom)
     with pytest.raises(RuntimeError):
-        write_jsonl_atomic([{"input": "a", "output": "b"}], out)
+        write_jsonl(out, [{"input": "a", "output": "b"}])
     assert out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
 
 

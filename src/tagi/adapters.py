@@ -12,12 +12,11 @@ with ``overwrite=True``.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from tagi.files import atomic_dir, read_config_json
 from tagi.lora import AdapterError, LoraWeights, from_peft_state_dict, peft_target_modules, to_peft_state_dict
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -59,29 +58,17 @@ def save_adapter(
         "init_lora_weights": True,
         "modules_to_save": None,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         save_file(to_peft_state_dict(weights), tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
         if meta is not None:
             (tmp / TAGI_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
-        from tagi.model import replace_dir
-
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
 def read_adapter_config(folder: str | Path) -> dict:
     path = Path(folder)
-    if not (path / ADAPTER_CONFIG).is_file() or not (path / ADAPTER_WEIGHTS).is_file():
-        raise AdapterError(f"not a PEFT LoRA folder (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}): {path}")
-    try:
-        cfg = json.loads((path / ADAPTER_CONFIG).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdapterError(f"{path / ADAPTER_CONFIG} is not valid JSON: {e}") from None
+    cfg = read_config_json(path, ADAPTER_CONFIG, ADAPTER_WEIGHTS, "PEFT LoRA folder", AdapterError)
     if cfg.get("peft_type") != "LORA":
         raise AdapterError(f"{path} holds a {cfg.get('peft_type')} adapter; only LORA is supported")
     return cfg

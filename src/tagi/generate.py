@@ -40,9 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -57,8 +55,9 @@ from tagi.backbones.base import PromptMode
 from tagi.config import ModelConfig, from_dict, to_dict
 from tagi.data import Task, format_instruction, format_source, load_task
 from tagi.errors import TagiError
+from tagi.files import file_sha256, jsonl_rows, write_jsonl
 from tagi.lora import AdapterError, LoraWeights, apply_lora, check_fits, merged
-from tagi.model import CheckpointError, TagiModel, file_sha256, read_checkpoint_config
+from tagi.model import CheckpointError, TagiModel, read_checkpoint_config
 
 __all__ = ["Adapter", "GenerateError", "Tagi", "generate_cmd", "predict_cmd"]
 
@@ -395,36 +394,13 @@ def read_inputs(path: str | Path) -> list[dict[str, Any]]:
         rows = [{"input": line} for line in text.splitlines() if line.strip()]
     else:
         rows = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise GenerateError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        for n, row in jsonl_rows(text, path, GenerateError):
             if not isinstance(row, dict) or not isinstance(row.get("input"), str):
                 raise GenerateError(f'{path}:{n}: expected an object with a string "input"')
             rows.append(row)
     if not rows:
         raise GenerateError(f"no inputs in {path}")
     return rows
-
-
-def write_jsonl_atomic(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Write JSONL via a temporary file in the same folder, then rename (never half-written)."""
-    path = Path(path)
-    if path.is_dir():
-        raise GenerateError(f"output path is a folder, not a file: {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -548,7 +524,7 @@ def predict_cmd(
     outs = tagi.predict([r["input"] for r in rows], ad, batch_size, max_new_tokens, temperature, top_p, seed)
     results = [r | {"output": o} for r, o in zip(rows, outs, strict=True)]
     if output is not None:
-        log.info("%d outputs written to %s", len(results), write_jsonl_atomic(results, output))
+        log.info("%d outputs written to %s", len(results), write_jsonl(output, results))
     else:
         sys.stdout.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
     return 0

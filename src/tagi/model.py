@@ -17,11 +17,7 @@ modules with the same shapes, so a checkpoint for another base model is refused 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +29,7 @@ from tagi.backbones import Backbone, load_backbone
 from tagi.backbones.base import ModelBatch, PromptMode, pad_right
 from tagi.config import HyperConfig, ModelConfig, from_dict, to_dict
 from tagi.errors import TagiError
+from tagi.files import atomic_dir, file_sha256, read_config_json
 from tagi.hypernet import HyperNetwork
 from tagi.lora import LoraWeights
 
@@ -134,18 +131,12 @@ class TagiModel(nn.Module):
 
     def save(self, out_dir: str | Path, extra: dict | None = None) -> Path:
         """Write the checkpoint folder atomically (temporary folder, then rename)."""
-        out = Path(out_dir)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        try:
+        with atomic_dir(out_dir) as tmp:
             state = {k: v.detach().contiguous().cpu() for k, v in self.hypernet.state_dict().items()}
             save_file(state, tmp / CKPT_WEIGHTS)
             cfg = self.config_dict() | {"sha256": file_sha256(tmp / CKPT_WEIGHTS)} | (extra or {})
             (tmp / CKPT_CONFIG).write_text(json.dumps(cfg, indent=2))
-            replace_dir(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return out
+        return Path(out_dir)
 
     @classmethod
     def load(cls, ckpt_dir: str | Path, backbone: Backbone | None = None, device: str = "cpu") -> TagiModel:
@@ -173,31 +164,7 @@ class TagiModel(nn.Module):
 
 def read_checkpoint_config(ckpt_dir: str | Path) -> dict:
     path = Path(ckpt_dir)
-    if not (path / CKPT_CONFIG).is_file() or not (path / CKPT_WEIGHTS).is_file():
-        raise CheckpointError(f"not a tagi checkpoint (needs {CKPT_CONFIG} and {CKPT_WEIGHTS}): {path}")
-    try:
-        cfg = json.loads((path / CKPT_CONFIG).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path / CKPT_CONFIG} is not valid JSON: {e}") from None
+    cfg = read_config_json(path, CKPT_CONFIG, CKPT_WEIGHTS, "tagi checkpoint", CheckpointError)
     if cfg.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format {cfg.get('format')}, expected {FORMAT_VERSION}")
     return cfg
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished temporary folder to its final name; an old folder there is replaced, never half-written."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -35,6 +33,7 @@ from tagi.backbones.causal import CausalBackbone
 from tagi.backbones.t5 import T5Backbone
 from tagi.config import ModelConfig
 from tagi.errors import TagiError
+from tagi.files import atomic_dir
 
 __all__ = [
     "Backbone",
@@ -97,16 +96,9 @@ def embedded_folder() -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED}-", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:  # a half-written cache is never visible under its final name
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)  # atomic: a half-written cache is never visible under its final name
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -12,13 +12,13 @@ JSONL format read by :func:`read_jsonl`, one object per line::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tagi.data.sni import DataError, Task
+from tagi.files import jsonl_rows
 
 
 @dataclass(frozen=True)
@@ -87,19 +87,15 @@ def read_jsonl(path: str | Path) -> list[OptionExample]:
     """Read option examples from a JSONL file; :class:`DataError` names the line of a bad row."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError(f"options file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read as UTF-8 text ({err})") from None
     examples = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for lineno, row in jsonl_rows(text, path, DataError):
         try:
-            examples.append(_row_to_example(json.loads(line)))
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            examples.append(_row_to_example(row))
         except ValueError as err:
             raise DataError(f"{path}:{lineno}: {err}") from None
     if not examples:

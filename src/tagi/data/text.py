@@ -16,12 +16,12 @@ Documents are stripped; empty ones are dropped.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tagi.data.sni import DataError, Task
+from tagi.files import jsonl_rows
 
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 JSONL_SUFFIXES = (".jsonl",)
@@ -53,13 +53,7 @@ def _read_txt(path: Path, txt_mode: str) -> list[str]:
 
 def _read_jsonl(path: Path, text_field: str) -> list[str]:
     docs = []
-    for lineno, line in enumerate(_read_utf8(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+    for lineno, row in jsonl_rows(_read_utf8(path), path, DataError):
         if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
             raise DataError(f"{path}:{lineno}: expected an object with a string field {text_field!r}")
         docs.append(row[text_field])

@@ -63,8 +63,9 @@ from tagi.evaluate.methods import (
 )
 from tagi.evaluate.metrics import score_records
 from tagi.evaluate.ranking import rank_classify
+from tagi.files import file_sha256, package_versions, write_json
 from tagi.lora import LoraWeights
-from tagi.model import TagiModel, file_sha256, read_checkpoint_config
+from tagi.model import TagiModel, read_checkpoint_config
 
 log = logging.getLogger("tagi.evaluate")
 PARTS_FORMAT = 1
@@ -159,7 +160,7 @@ class Pipeline:
                 k: v for k, v in res.to_dict().items() if k in ("tokens", "tokens_per_s", "peak_memory_mb")
             }
             done = {"wall_time_s": round(time.perf_counter() - start, 3), "examples": len(examples), **stats}
-            report.write_json(done_path, done | {"steps": steps, "fingerprint": fingerprint})
+            write_json(done_path, done | {"steps": steps, "fingerprint": fingerprint})
         weights, _, _ = load_adapter(adapter_dir)
         return weights, file_sha256(adapter_dir / ADAPTER_WEIGHTS)
 
@@ -386,7 +387,7 @@ def evaluate_method(
         jobs = task_jobs(prep, tasks, k, other, budget)
         out[setting_name(k)] = evaluate_setting(prep, cfg, backbone, jobs, bar)
     seconds = time.perf_counter() - start
-    report.write_json(path, {"fingerprint": fp, "seconds": seconds, "settings": out})
+    write_json(path, {"fingerprint": fp, "seconds": seconds, "settings": out})
     return out, seconds, False
 
 
@@ -509,6 +510,6 @@ def assemble(
         "efficiency": efficiency,
         "stages": report.stage_times(Path(cfg.out_dir)),
         "evaluation_timing": timings,
-        "versions": report.package_versions(),
+        "versions": package_versions(),
         "config": to_dict(cfg),
     }

@@ -1,7 +1,7 @@
 """Evaluation outputs: ``results.json``, ``predictions.jsonl``, ``report.md`` and PNG plots.
 
-Every file is written atomically (a temporary file in the same folder, then ``os.replace``), so a reader
-never sees a half-written report. Plots use matplotlib's Agg backend (no display needed):
+Every file is written atomically (:mod:`tagi.files`: a temporary file in the same folder, then
+``os.replace``), so a reader never sees a half-written report. Plots use matplotlib's Agg backend (no display needed):
 
 - ``methods.png``: Rouge-L of every method, one bar per prompt setting (Def, Def+2Pos);
 - ``categories.png``: Rouge-L per category (heat map: methods × categories), one panel per setting.
@@ -10,17 +10,12 @@ never sees a half-written report. Plots use matplotlib's Agg backend (no display
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shlex
 import sys
-import tempfile
-from collections.abc import Callable, Iterable
-from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from tagi.evaluate.methods import setting_name
+from tagi.files import write_atomic, write_json, write_jsonl, write_text
 
 PAPER_REFERENCE = """\
 | method | Def Base 250M | Def XL 3B | Def XXL 11B | Def+2Pos Base | Def+2Pos XL | Def+2Pos XXL | rel. FLOPs |
@@ -34,45 +29,10 @@ PAPER_REFERENCE = """\
 Ablation (T5-XL, Def / Def+2Pos): full 48.4 / 56.3; w/o fusion 35.1 / 40.6; w/o KL 45.7 / 53.9;
 w/o pretraining 47.1 / 55.6; w/o L_align 47.5 / 55.2; w/o CE 47.6 / 55.4.
 """
-_PACKAGES = ("tagi", "torch", "transformers", "peft", "safetensors", "rouge-score", "numpy", "matplotlib")
 _WALL_KEYS = ("wall_time_s", "wall_s", "seconds", "wall_time", "elapsed_s", "time_s")
 
 
-# ---------------------------------------------------------------------------------------- files
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in _PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+# ---------------------------------------------------------------------------------------- stages
 
 
 def stage_times(out_dir: Path) -> dict[str, dict]:
@@ -351,7 +311,7 @@ def plot_methods(results: dict, path: Path) -> None:
     ax.set_title(f"{results['config']['model']['name']}: methods side by side")
     ax.legend()
     fig.tight_layout()
-    _atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    write_atomic(path, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)
 
 
@@ -382,7 +342,7 @@ def plot_paired(results: dict, path: Path) -> None:
     )
     ax.legend()
     fig.tight_layout()
-    _atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    write_atomic(path, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)
 
 
@@ -421,7 +381,7 @@ def plot_categories(results: dict, path: Path) -> None:
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.set_title(f"Rouge-L per category ({s})")
     fig.tight_layout()
-    _atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    write_atomic(path, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)
 
 

@@ -10,7 +10,7 @@ A state folder (``<stage>/state/``) holds everything needed to continue a run bi
                           log-window sums and the fingerprint of the config that wrote it
 
 The folder is first written under a temporary name and then renamed over the previous state
-(:func:`tagi.model.replace_dir`), so a run killed at any moment leaves either the old or the new state,
+(:func:`tagi.files.replace_dir`), so a run killed at any moment leaves either the old or the new state,
 never a half-written one. Under data parallelism every rank writes its RNG file into the temporary folder,
 then rank 0 writes the rest and renames.
 """
@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tagi.errors import TagiError
-from tagi.model import replace_dir
+from tagi.files import replace_dir
 from tagi.train.dist import DistInfo, barrier
 
 WEIGHTS = "weights.safetensors"

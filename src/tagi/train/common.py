@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
-import tempfile
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +14,7 @@ from tagi.config import ExperimentConfig, from_dict, to_dict
 from tagi.data.select import load_tasks, split_validation
 from tagi.data.sni import Task
 from tagi.errors import TagiError
+from tagi.files import package_versions, write_json
 
 log = logging.getLogger("tagi.train")
 DONE = "DONE.json"
@@ -45,25 +42,6 @@ def batch_tokens(batch: ModelBatch, family: str) -> int:
         if extra is not None:
             n += int(extra.sum())
     return n + (batch.num_label_tokens if family == "seq2seq" else 0)
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "peft", "tagi"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-    os.replace(tmp, path)
 
 
 TEST_ONLY_DATA = ("max_test_instances", "max_test_tasks")
@@ -116,8 +94,14 @@ def is_done(stage_dir: Path) -> bool:
 
 def write_done(stage_dir: Path, stage: str, cfg: ExperimentConfig, summary: dict[str, Any]) -> None:
     """Mark a stage complete: timings, losses, the config, seed and package versions (written last)."""
-    record = {"stage": stage, **summary, "seed": cfg.seed, "config": to_dict(cfg), "versions": versions()}
-    write_json_atomic(stage_dir / DONE, record)
+    record = {
+        "stage": stage,
+        **summary,
+        "seed": cfg.seed,
+        "config": to_dict(cfg),
+        "versions": package_versions(),
+    }
+    write_json(stage_dir / DONE, record)
 
 
 def read_done(stage_dir: Path) -> dict[str, Any]:

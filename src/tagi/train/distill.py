@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -38,8 +36,8 @@ from safetensors.torch import load_file, save_file
 
 from tagi.backbones import Backbone, PromptExample
 from tagi.errors import TagiError
+from tagi.files import atomic_dir, file_sha256
 from tagi.lora import LoraWeights
-from tagi.model import file_sha256, replace_dir
 from tagi.train import dist
 from tagi.train.teachers import INDEX
 
@@ -165,16 +163,11 @@ class TopkCache:
         )
 
     def save(self, folder: Path, fingerprint: str) -> None:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-        try:
-            tensors = {"idx": self.idx, "vals": self.vals, "labels": self.labels, "offsets": self.offsets,
-                       "ids": self.ids}  # fmt: skip
+        tensors = {"idx": self.idx, "vals": self.vals, "labels": self.labels, "offsets": self.offsets}
+        tensors["ids"] = self.ids
+        with atomic_dir(folder) as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / CACHE_FILE)
             (tmp / CACHE_META).write_text(json.dumps({"fingerprint": fingerprint, "examples": len(self)}))
-            replace_dir(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     @staticmethod
     def matches(folder: Path, fingerprint: str) -> bool:

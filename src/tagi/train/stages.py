@@ -29,6 +29,7 @@ from tagi.data.prompts import format_instruction
 from tagi.data.select import task_examples
 from tagi.data.sni import Task
 from tagi.errors import TagiError
+from tagi.files import write_json
 from tagi.hypernet import masked_mean
 from tagi.model import InstructionCache, TagiModel
 from tagi.train import dist
@@ -42,7 +43,6 @@ from tagi.train.common import (
     training_tasks,
     with_defaults,
     write_done,
-    write_json_atomic,
 )
 from tagi.train.distill import TeacherSet
 from tagi.train.finetune import (
@@ -158,7 +158,7 @@ def run_teachers(
     if info.is_main:
         index = {"group_by": tc.group_by, "num_pos": tc.num_pos, "rank": tc.rank, "alpha": tc.alpha}
         index |= {"tasks": {t.name: g for g, ms in groups.items() for t in ms}, "groups": folders}
-        write_json_atomic(out / INDEX, index)
+        write_json(out / INDEX, index)
         shutil.rmtree(out / "state", ignore_errors=True)
         summary = _summary(list(results.values()), time.perf_counter() - t0)
         write_done(out, "teachers", cfg, summary | {"num_teachers": len(groups), "teachers": results})

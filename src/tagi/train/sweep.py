@@ -38,8 +38,9 @@ from typing import Any
 
 from tagi.backbones import Backbone
 from tagi.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, to_dict
+from tagi.files import package_versions, write_json, write_text
 from tagi.train import dist, stages
-from tagi.train.common import read_done, stage_settings, versions, with_defaults, write_json_atomic
+from tagi.train.common import read_done, stage_settings, with_defaults
 
 log = logging.getLogger("tagi.train")
 RESULTS = "sweep.json"
@@ -180,12 +181,12 @@ def run_sweep(cfg: ExperimentConfig, grid: Sequence[str], backbone: Backbone | N
         "latest": rows,
         "seed": cfg.seed,
         "config": to_dict(cfg),
-        "versions": versions(),
+        "versions": package_versions(),
     }
     if dist.current().is_main:  # under torchrun every rank trains; one writes
-        write_json_atomic(path, record)
+        write_json(path, record)
         table = format_table(rows, best)
-        (path.parent / "sweep.md").write_text(f"# Validation sweep\n\n`{' '.join(grid)}`\n\n{table}\n")
+        write_text(path.parent / "sweep.md", f"# Validation sweep\n\n`{' '.join(grid)}`\n\n{table}\n")
     return record
 
 
