@@ -143,14 +143,15 @@ function snippets(id) {
   const base = location.origin;
   const auth = state.auth ? ' \\\n  -H "Authorization: Bearer $TAGI_SERVE_TOKEN"' : "";
   const input = ($("inputs").value.split("\n")[0] || "the cat sat").replace(/"/g, '\\"');
+  const maxTokens = parseInt($("max-tokens").value, 10) || 32;
   $("curl-snippet").textContent =
     "curl -s " + base + "/v1/completions" + auth + ' \\\n  -H "Content-Type: application/json" \\\n' +
-    "  -d '" + JSON.stringify({ model: id, prompt: input, max_tokens: 32 }).replace(/'/g, "'\\''") + "'";
+    "  -d '" + JSON.stringify({ model: id, prompt: input, max_tokens: maxTokens }).replace(/'/g, "'\\''") + "'";
   $("python-snippet").textContent =
     (state.auth ? "import os\n" : "") + "from openai import OpenAI\n\n" +
     'client = OpenAI(base_url="' + base + '/v1", api_key=' +
     (state.auth ? 'os.environ["TAGI_SERVE_TOKEN"]' : '"unused"') + ")\n" +
-    'out = client.completions.create(model="' + id + '", prompt="' + input + '", max_tokens=32)\n' +
+    'out = client.completions.create(model="' + id + '", prompt="' + input + '", max_tokens=' + maxTokens + ")\n" +
     "print(out.choices[0].text)";
 }
 

@@ -1,0 +1,224 @@
+"""Load on ``tagi serve``: mixed-adapter batching vs. one request at a time, side by side in one run.
+
+    python benchmarks/serve_load.py [--checkpoint runs/demo/finetune/final] [--clients 1,4,16]
+                                    [--adapters 1,8] [--requests 4] [--max-tokens 32] [--time-limit 1200]
+                                    [--threads 2] [--out benchmarks/results/serve_load.json]
+    python benchmarks/serve_load.py --smoke --out /tmp/serve_load.json     # tiny random model, seconds
+
+The base model and hypernetwork (SmolLM2-135M-Instruct from ``tagi demo`` by default) are loaded once. For
+every cell (A distinct adapters, N concurrent clients) the script serves the same app on a free localhost
+port twice, one after the other: **batched** (the scheduler gathers up to 16 waiting rows into one batch,
+whatever their adapters) and **one at a time** (``max_batch=1``: each request decoded alone, as a server
+that merges one adapter into the weights per request must). N client threads each send ``--requests``
+completions (greedy, ``max_tokens``), client c's i-th request going to adapter ``(c + i) mod A`` with an
+input of that adapter's built-in task. It records throughput (completions/s, generated tokens/s),
+p50/p95 latency, errors (must be 0), the batched / one-at-a-time throughput ratio, and whether every
+output equals ``Tagi.predict`` for the same adapter and input. Bounded: N x requests per cell, and no new
+cell starts after ``--time-limit`` seconds. Writes ``benchmarks/results/serve_load.json`` with provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import torch
+from benchtools import provenance
+
+from tagi import Tagi
+from tagi.data.builtin import BUILTIN_TEST, make_builtin_task
+from tagi.serve.app import create_app
+from tagi.serve.runner import ServerThread
+from tagi.serve.service import Limits, Service
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = {"batched": 16, "one_at_a_time": 1}
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def smoke_checkpoint(folder: Path) -> Path:
+    """A tiny random checkpoint (tiny-llama) for ``--smoke``."""
+    from tagi.backbones import load_backbone
+    from tagi.config import HyperConfig, ModelConfig
+    from tagi.model import TagiModel
+
+    torch.manual_seed(0)
+    return TagiModel(load_backbone(ModelConfig(name="tiny-llama")), HyperConfig(rank=4, hidden=32)).save(
+        folder
+    )
+
+
+def workload(num_adapters: int, clients: int, requests: int) -> list[list[tuple[int, str]]]:
+    """Per client, its (adapter index, input) requests; adapter k reads built-in held-out task k."""
+    tasks = [
+        make_builtin_task(BUILTIN_TEST[k % len(BUILTIN_TEST)], num_instances=64) for k in range(num_adapters)
+    ]
+    plan = []
+    for c in range(clients):
+        reqs = []
+        for i in range(requests):
+            k = (c + i) % num_adapters
+            reqs.append((k, tasks[k].instances[(c * requests + i) % len(tasks[k].instances)].input))
+        plan.append(reqs)
+    return plan
+
+
+def run_clients(url: str, ids: list[str], plan, max_tokens: int) -> dict:
+    """Every client in its own thread; returns outputs, latencies, tokens, errors and wall time."""
+    latencies, outputs, errors, tokens = [], {}, [], [0]
+    lock = threading.Lock()
+
+    def client(reqs) -> None:
+        with httpx.Client(base_url=url, timeout=600) as http:
+            for k, text in reqs:
+                t0 = time.perf_counter()
+                r = http.post(
+                    "/v1/completions", json={"model": ids[k], "prompt": text, "max_tokens": max_tokens}
+                )
+                dt = time.perf_counter() - t0
+                with lock:
+                    if r.status_code != 200:
+                        errors.append(f"{r.status_code}: {r.text[:200]}")
+                        continue
+                    body = r.json()
+                    latencies.append(dt)
+                    tokens[0] += body["usage"]["completion_tokens"]
+                    outputs[k, text] = body["choices"][0]["text"]
+
+    threads = [threading.Thread(target=client, args=(reqs,)) for reqs in plan]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"wall": time.perf_counter() - t0, "latencies": latencies, "outputs": outputs, "errors": errors,
+            "tokens": tokens[0]}  # fmt: skip
+
+
+def measure(tagi: Tagi, mode: str, instructions: list[str], plan, max_tokens: int) -> dict:
+    service = Service(
+        tagi, Limits(max_batch=MODES[mode], max_queue=4096, max_tokens=max_tokens, timeout_s=3600)
+    )
+    try:
+        with ServerThread(create_app(service)) as srv, httpx.Client(base_url=srv.url, timeout=600) as http:
+            ids = [http.post("/v1/adapters", json={"instruction": t}).json()["id"] for t in instructions]
+            run = run_clients(srv.url, ids, plan, max_tokens)
+    finally:
+        service.close()
+    lat, n = sorted(run["latencies"]), len(run["latencies"])
+    return {
+        "mode": mode,
+        "completions": n,
+        "errors": len(run["errors"]),
+        "error_samples": run["errors"][:3],
+        "wall_s": round(run["wall"], 3),
+        "completions_per_s": round(n / run["wall"], 3),
+        "tokens_per_s": round(run["tokens"] / run["wall"], 2),
+        "p50_ms": round(1000 * statistics.median(lat), 1) if lat else None,
+        "p95_ms": round(1000 * lat[min(n - 1, int(0.95 * n))], 1) if lat else None,
+        "_outputs": run["outputs"],
+    }
+
+
+def reference(tagi: Tagi, instructions: list[str], plan, max_tokens: int) -> dict:
+    """``Tagi.predict`` for every (adapter, input) of the plan."""
+    wanted: dict[int, list[str]] = {}
+    for reqs in plan:
+        for k, text in reqs:
+            if text not in wanted.setdefault(k, []):
+                wanted[k].append(text)
+    out = {}
+    for k, texts in wanted.items():
+        preds = tagi.predict(texts, tagi.generate_adapter(instructions[k]), max_new_tokens=max_tokens)
+        out.update({(k, t): p for t, p in zip(texts, preds)})
+    return out
+
+
+def run_cell(tagi: Tagi, num_adapters: int, clients: int, args) -> dict:
+    instructions = [
+        make_builtin_task(BUILTIN_TEST[k % len(BUILTIN_TEST)], 1).definition for k in range(num_adapters)
+    ]
+    plan = workload(num_adapters, clients, args.requests)
+    ref = reference(tagi, instructions, plan, args.max_tokens)
+    runs = [measure(tagi, mode, instructions, plan, args.max_tokens) for mode in MODES]
+    for r in runs:
+        outputs = r.pop("_outputs")
+        r["outputs_equal_predict"] = all(outputs.get(key) == want for key, want in ref.items())
+    batched, single = runs
+    ratio = (
+        batched["completions_per_s"] / single["completions_per_s"] if single["completions_per_s"] else None
+    )
+    return {"adapters": num_adapters, "clients": clients, "requests": clients * args.requests, "runs": runs,
+            "throughput_ratio_batched_vs_one_at_a_time": round(ratio, 2) if ratio else None}  # fmt: skip
+
+
+def print_cell(cell: dict) -> None:
+    for r in cell["runs"]:
+        print(f"{cell['adapters']:>8} {cell['clients']:>7} {r['mode']:>14} {r['completions_per_s']:>9.2f} "
+              f"{r['tokens_per_s']:>8.1f} {r['p50_ms']:>9.0f} {r['p95_ms']:>9.0f} {r['errors']:>6} "
+              f"{str(r['outputs_equal_predict']):>6}", flush=True)  # fmt: skip
+    print(
+        f"{'':>8} {'':>7} {'ratio':>14} {cell['throughput_ratio_batched_vs_one_at_a_time']:>9}x", flush=True
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default=str(ROOT / "runs" / "demo" / "finetune" / "final"))
+    parser.add_argument("--clients", type=ints, default=None, help="default 1,4,16 (--smoke: 1,4)")
+    parser.add_argument("--adapters", type=ints, default=None, help="default 1,8 (--smoke: 1,4)")
+    parser.add_argument("--requests", type=int, default=4, help="completions per client per cell")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--time-limit", type=float, default=1200, help="no new cell starts after this (s)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="tiny random model, 2 requests per client")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_load.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tmp = tempfile.TemporaryDirectory(prefix="serve-load-")
+    if args.smoke:
+        args.checkpoint, args.max_tokens = str(smoke_checkpoint(Path(tmp.name) / "ckpt")), 4
+        args.requests, args.clients, args.adapters = 2, args.clients or [1, 4], args.adapters or [1, 4]
+    args.clients, args.adapters = args.clients or [1, 4, 16], args.adapters or [1, 8]
+    if not Path(args.checkpoint).is_dir():
+        print(
+            f"error: checkpoint not found: {args.checkpoint} (run 'tagi demo' or pass --checkpoint)",
+            file=sys.stderr,
+        )
+        return 2
+    load_start, t_start = os.getloadavg()[0], time.perf_counter()
+    tagi = Tagi.from_checkpoint(args.checkpoint)
+    print(f"{'adapters':>8} {'clients':>7} {'mode':>14} {'compl/s':>9} {'tok/s':>8} {'p50 ms':>9} {'p95 ms':>9} "
+          f"{'errors':>6} {'=pred':>6}")  # fmt: skip
+    cells, skipped = [], []
+    for a in args.adapters:
+        for n in args.clients:
+            if time.perf_counter() - t_start > args.time_limit:
+                skipped.append({"adapters": a, "clients": n})
+                continue
+            cells.append(run_cell(tagi, a, n, args))
+            print_cell(cells[-1])
+    tmp.cleanup()
+    result = {"checkpoint": args.checkpoint, "base_model": tagi.backbone.cfg.name, "max_tokens": args.max_tokens,
+              "requests_per_client": args.requests, "modes": MODES, "cells": cells, "skipped_cells": skipped,
+              "total_errors": sum(r["errors"] for c in cells for r in c["runs"]),
+              **provenance("serve_load.py", argv, args.threads, load_start)}  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"results: {args.out}")
+    return 1 if result["total_errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""``benchmarks/serve_load.py --smoke``: the load benchmark runs end to end on the tiny model (numbers unchecked:
+tests never assert speed), with 0 errors and outputs equal to ``Tagi.predict`` in both serving modes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
+
+
+def test_smoke_run_writes_results(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports benchtools as a sibling
+    spec = importlib.util.spec_from_file_location("serve_load", BENCHMARKS / "serve_load.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "serve_load.json"
+    assert bench.main(["--smoke", "--clients", "3", "--adapters", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    (cell,) = result["cells"]
+    assert (cell["adapters"], cell["clients"], cell["requests"]) == (2, 3, 6)
+    assert [r["mode"] for r in cell["runs"]] == ["batched", "one_at_a_time"]
+    for run in cell["runs"]:
+        assert run["errors"] == 0 and run["completions"] == 6 and run["outputs_equal_predict"]
+    assert cell["throughput_ratio_batched_vs_one_at_a_time"] > 0
+    assert result["total_errors"] == 0 and "command" in result and "ratio" in capsys.readouterr().out
