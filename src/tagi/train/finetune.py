@@ -138,8 +138,12 @@ def warm_instruction_cache(
 ) -> None:
     """Encode every instruction once, in a fixed order and fixed chunks (deterministic cache contents)."""
     unique = sorted(set(instructions))
-    for s in range(0, len(unique), batch_size):
-        cache.get(model.bb, unique[s : s + batch_size])
+    readers = [model.reader[0]]  # the hypernetwork's reader, then (T5) the states FiD attends over
+    if model.reader[0] is not model.bb and model.bb.family == "seq2seq":
+        readers.append(model.bb)
+    for reader in readers:
+        for s in range(0, len(unique), batch_size):
+            cache.get(reader, unique[s : s + batch_size])
 
 
 def student_forward(

@@ -184,16 +184,18 @@ def new_model(cfg: ExperimentConfig, backbone: Backbone, tasks: Sequence[Task] =
             raise TagiError(
                 "hyper.input_norm=standardize needs the instructions of at least 2 training tasks"
             )
-        model.hypernet.fit_input_stats(pooled_instructions(backbone, texts, cfg.finetune.train.batch_size))
+        model.hypernet.fit_input_stats(
+            pooled_instructions(model.reader[0], texts, cfg.finetune.train.batch_size)
+        )
     return model
 
 
 @torch.no_grad()
-def pooled_instructions(backbone: Backbone, texts: Sequence[str], batch_size: int) -> torch.Tensor:
-    """Mean-pooled (padding-masked) frozen encodings of ``texts``: ``[N, H]``."""
+def pooled_instructions(reader, texts: Sequence[str], batch_size: int) -> torch.Tensor:
+    """Mean-pooled (padding-masked) frozen encodings of ``texts`` by ``reader`` (``TagiModel.reader``): ``[N, H]``."""
     cache, out = InstructionCache(), []
     for s in range(0, len(texts), batch_size):
-        states, mask = cache.get(backbone, texts[s : s + batch_size])
+        states, mask = cache.get(reader, texts[s : s + batch_size])
         out.append(masked_mean(states.float(), mask))
     return torch.cat(out)
 
