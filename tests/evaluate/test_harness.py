@@ -7,6 +7,7 @@ then skipped) and evaluate again with other settings.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -243,3 +244,22 @@ def test_generation_uses_each_tasks_budget(llama_run, tmp_path: Path, monkeypatc
     assert budgets == {n: new_token_budget(t, backbone, 1.0) for n, t in tasks.items()}
     assert len(set(budgets.values())) > 1 or min(budgets.values()) < cfg.model.max_target_tokens
     assert {b for _, b in seen} == set(budgets.values())
+
+
+def test_adapter_specificity_is_reported_for_every_hypernetwork_method(llama_run) -> None:
+    """results.json: share and cosine per hypernetwork method that reads the true instruction; one learned
+    adapter (tagi-no-hypernet) has share 0 and cosine 1; the report has the section and lists real files."""
+    out, _, results = llama_run
+    spec = results["adapter_specificity"]
+    hyper = {n for n, m in results["methods"].items() if m["spec"]["adapter"] == "hypernet"}
+    assert set(spec) == hyper - {"tagi-other-instruction", "tagi-empty-instruction"}
+    for s in spec.values():
+        assert s["adapters"] == N_TASKS and s["setting"] == "Def" and 0.0 <= s["task_specific_share"] <= 1.0
+    assert spec["tagi-no-hypernet"]["task_specific_share"] == pytest.approx(0.0, abs=1e-6)
+    assert spec["tagi-no-hypernet"]["mean_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert spec["tagi"]["task_specific_share"] > 1e-6  # different instructions, different adapters
+    report = (out / "eval" / "report.md").read_text()
+    assert "## Adapter specificity" in report and "| tagi-no-hypernet | Def |" in report
+    listed = report.split("Files: ")[1].split("\n")[0]
+    for name in re.findall(r"`([^`]+)`", listed):
+        assert (out / "eval" / name).is_file(), name

@@ -52,7 +52,7 @@ from tagi.data.prompts import format_source
 from tagi.data.select import load_tasks, split_validation, task_examples
 from tagi.data.sni import DataError, Task
 from tagi.evaluate import report
-from tagi.evaluate.compare import paired_comparisons
+from tagi.evaluate.compare import adapter_spread, paired_comparisons
 from tagi.evaluate.methods import (
     MethodSpec,
     instructions_for,
@@ -445,7 +445,7 @@ def run_evaluation(cfg: ExperimentConfig, backbone: Backbone | None = None) -> P
     factor = cfg.evaluate.new_tokens_from_examples
     budget = {t.name: new_token_budget(t, backbone, factor) for t in tasks}
     pipe = Pipeline(cfg, backbone)
-    methods, timings = {}, {"prepare_s": {}, "evaluate_s": {}, "cached": []}
+    methods, timings, specificity = {}, {"prepare_s": {}, "evaluate_s": {}, "cached": []}, {}
     bar = tqdm(
         total=len(specs) * len(cfg.evaluate.prompt_settings) * len(tasks), desc="evaluate", unit="task"
     )
@@ -469,6 +469,8 @@ def run_evaluation(cfg: ExperimentConfig, backbone: Backbone | None = None) -> P
             "info": prep.info,
             "settings": settings,
         }
+        if prep.model is not None and spec.instruction == "true":
+            specificity[spec.name] = adapter_specificity(prep, tasks, min(cfg.evaluate.prompt_settings))
     bar.close()
     efficiency = None
     if cfg.evaluate.efficiency:
@@ -484,8 +486,24 @@ def run_evaluation(cfg: ExperimentConfig, backbone: Backbone | None = None) -> P
         "load_average_end": os.getloadavg()[0],
     }
     results = assemble(cfg, tasks, methods, efficiency, timings, other, budget)
+    results["adapter_specificity"] = specificity
     report.write_all(eval_dir, results, predictions(methods))
     return eval_dir
+
+
+@torch.no_grad()
+def adapter_specificity(prep: Prepared, tasks: list[Task], num_pos: int, batch: int = 8) -> dict:
+    """How task-specific a hypernetwork method's adapters are over the test instructions.
+
+    One adapter per test task from its instruction (``num_pos`` demonstrations, what the method's
+    hypernetwork reads), then :func:`~tagi.evaluate.compare.adapter_spread` of their Gram matrix:
+    ``task_specific_share = 1 - ||mean dW||^2 / mean ||dW||^2`` (0 = one adapter for every task) and the
+    mean pairwise cosine of the updates dW.
+    """
+    texts = [instructions_for(prep.spec, t, num_pos, {}, None)[1] for t in tasks]
+    parts = [prep.model.adapters(texts[i : i + batch]) for i in range(0, len(texts), batch)]
+    spread = adapter_spread(LoraWeights.stack(parts).gram())
+    return spread | {"setting": setting_name(num_pos)}
 
 
 def measure_efficiency(cfg: ExperimentConfig, backbone: Backbone, tasks: list[Task]) -> dict:

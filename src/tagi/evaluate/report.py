@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from tagi.evaluate.methods import setting_name
@@ -89,6 +90,33 @@ def headline_table(results: dict) -> str:
             [name, *cells, "" if m["spec"]["zero_shot"] else "upper bound (trained on the test task)"]
         )
     return _table(header, rows)
+
+
+def specificity_table(results: dict) -> str:
+    """How task-specific each hypernetwork method's generated adapters are (``adapter_specificity``)."""
+    spec = results.get("adapter_specificity") or {}
+    if not spec:
+        return ""
+    rows = [
+        [name, s["setting"], str(s["adapters"]), _f(s["task_specific_share"], 3), _f(s["mean_cosine"], 3),
+         f"{s['mean_norm']:.3g}"]
+        for name, s in spec.items()
+    ]  # fmt: skip
+    header = [
+        "method",
+        "instructions",
+        "adapters",
+        "task-specific share",
+        "mean pairwise cosine",
+        "mean ||dW||",
+    ]
+    note = (
+        "\n\nOne adapter per test task from its instruction. Task-specific share = 1 − ‖mean dW‖² / mean ‖dW‖² "
+        "(0: the same adapter for every task; 1: adapters with nothing in common); cosine between the tasks' "
+        "updates dW, summed over the target modules. The paired table above gives TAGI − tagi-no-hypernet "
+        "(what the instruction-dependent part of the adapter is worth) and TAGI − tagi-other-instruction."
+    )
+    return _table(header, rows) + note
 
 
 def paired_table(results: dict) -> str:
@@ -253,7 +281,7 @@ def methods_table(results: dict) -> str:
     )
 
 
-def render_markdown(results: dict) -> str:
+def render_markdown(results: dict, files: Sequence[str] = ("results.json",)) -> str:
     cfg = results["config"]
     tasks = results["test_tasks"]
     n_inst = sorted({t["instances"] for t in tasks})
@@ -263,13 +291,15 @@ def render_markdown(results: dict) -> str:
         f"Base model **{cfg['model']['name']}** · data **{data}**: {len(tasks)} unseen test tasks, "
         f"{'/'.join(map(str, n_inst))} instances each · seed {results['seed']} · {results['created']}.\n"
         f"Produced by: `{results.get('command', '')}`. Greedy decoding; metric = the official SNI scorer "
-        "(Rouge-L F and exact match, ×100). Files: `results.json` (everything), `predictions.jsonl`, "
-        "`methods.png`, `categories.png`, `paired.png`.",
+        "(Rouge-L F and exact match, ×100). Files: " + ", ".join(f"`{f}`" for f in files),
         "## Headline: unseen tasks\n\n" + headline_table(results),
     ]
     paired = paired_table(results)
     if paired:
         sections.append("## Paired over tasks\n\n" + paired + "\n\n![paired](paired.png)")
+    specificity = specificity_table(results)
+    if specificity:
+        sections.append("## Adapter specificity\n\n" + specificity)
     sections += [
         "## Per category\n\n" + category_tables(results),
     ]
@@ -392,8 +422,10 @@ def write_all(eval_dir: Path, results: dict, predictions: list[dict]) -> None:
     )
     write_jsonl(eval_dir / "predictions.jsonl", predictions)
     write_json(eval_dir / "results.json", results)
-    write_text(eval_dir / "report.md", render_markdown(results))
     plot_methods(results, eval_dir / "methods.png")
     plot_categories(results, eval_dir / "categories.png")
+    files = ["results.json", "predictions.jsonl", "methods.png", "categories.png"]
     if results.get("paired", {}).get("by_setting"):
         plot_paired(results, eval_dir / "paired.png")
+        files.append("paired.png")
+    write_text(eval_dir / "report.md", render_markdown(results, files))
