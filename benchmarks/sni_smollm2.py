@@ -32,7 +32,23 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "bench-sni-smollm2.yaml"
 DEFAULT_SNI = ROOT.parent / "shared" / "data" / "sni"
 RESULTS = ROOT / "benchmarks" / "results" / "sni-smollm2"
-COPIED = ("results.json", "report.md")
+COPIED = ("results.json", "report.md", "predictions.jsonl")
+
+
+def relative_paths(obj, root: Path = ROOT):
+    """``obj`` (JSON data) with absolute paths under the repository (or its parent folder, where the shared
+    data lives) made relative to the repository, so published results name no machine's folders."""
+    if isinstance(obj, dict):
+        return {k: relative_paths(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [relative_paths(v, root) for v in obj]
+    if isinstance(obj, str):
+        return relative_text(obj, root)
+    return obj
+
+
+def relative_text(text: str, root: Path = ROOT) -> str:
+    return text.replace(f"{root}/", "").replace(f"{root.parent}/", "../")
 
 
 def same_settings(old: dict, new: dict) -> bool:
@@ -66,7 +82,8 @@ def publish(eval_dir: Path, dest: Path, wall_s: float, command: str) -> None:
         old.unlink()
     for path in [*(eval_dir / name for name in COPIED), *sorted(eval_dir.glob("*.png"))]:
         shutil.copy2(path, dest / path.name)
-    results = json.loads(target.read_text())
+    (dest / "report.md").write_text(relative_text((dest / "report.md").read_text()))
+    results = relative_paths(json.loads(target.read_text()))
     same = "config" in previous and same_settings(previous["config"], results["config"])
     history = previous.get("benchmark_invocations", []) if same else []
     run = {"command": command, "wall_s": round(wall_s, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -23,6 +23,7 @@ def _eval_dir(path: Path, config: dict, plots: list[str]) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "results.json").write_text(json.dumps({"config": config, "methods": {}}))
     (path / "report.md").write_text("# report\n")
+    (path / "predictions.jsonl").write_text('{"task": "t", "prediction": "x"}\n')
     for name in plots:
         (path / name).write_bytes(b"\x89PNG\r\n\x1a\n")
     return path
@@ -36,6 +37,7 @@ def test_publish_copies_the_report_and_keeps_the_invocations(bench, tmp_path):
     assert [r["wall_s"] for r in results["benchmark_invocations"]] == [61.2, 5.0]
     assert sorted(p.name for p in dest.glob("*.png")) == ["a.png"]  # stale plots do not survive
     assert (dest / "report.md").read_text() == "# report\n"
+    assert (dest / "predictions.jsonl").read_text() == '{"task": "t", "prediction": "x"}\n'
     bench.publish(_eval_dir(tmp_path / "e3", {"seed": 1}, []), dest, 7.0, "tagi run y")
     results = json.loads((dest / "results.json").read_text())
     assert [r["command"] for r in results["benchmark_invocations"]] == [
@@ -78,3 +80,38 @@ def test_main_runs_the_given_config_and_publishes_its_report_dir(bench, tmp_path
     command = results["benchmark_invocations"][0]["command"]
     assert command.startswith("tagi run configs/bench-sni-smollm2-ablations.yaml ")
     assert (tmp_path / "r" / "methods.png").is_file()
+
+
+def test_published_results_name_no_absolute_paths(bench, tmp_path):
+    root = bench.ROOT
+    config = {"out_dir": f"{root}/runs/x", "data": {"sni_dir": f"{root.parent}/shared/data/sni"}, "seed": 0}
+    src = _eval_dir(tmp_path / "e", config, [])
+    (src / "report.md").write_text(f"data ({root.parent}/shared/data/sni)\n")
+    bench.publish(src, tmp_path / "dest", 1.0, "tagi run x")
+    results = json.loads((tmp_path / "dest" / "results.json").read_text())
+    assert results["config"]["out_dir"] == "runs/x"
+    assert results["config"]["data"]["sni_dir"] == "../shared/data/sni"
+    assert (tmp_path / "dest" / "report.md").read_text() == "data (../shared/data/sni)\n"
+
+
+def test_demo_check_reports_every_changed_score():
+    spec = importlib.util.spec_from_file_location("demo_script", SCRIPT.parent / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+
+    def results(**methods):
+        return {
+            "methods": {
+                n: {"scores": {"Def": {"overall": {"rougeL": r, "exact_match": e}}}}
+                for n, (r, e) in methods.items()
+            }
+        }
+
+    same = results(tagi=(26.5, 15.6), base=(8.5, 0.0))
+    assert demo.differences(same, results(tagi=(26.5, 15.6), base=(8.5, 0.0))) == []
+    diff = demo.differences(same, results(tagi=(26.5, 15.7), extra=(1.0, 0.0)))
+    assert diff == [
+        "base Def: committed 8.50 / 0.00, regenerated missing",
+        "extra Def: committed missing, regenerated 1.00 / 0.00",
+        "tagi Def: committed 26.50 / 15.60, regenerated 26.50 / 15.70",
+    ]

@@ -80,7 +80,7 @@ ABLATION_ROWS = {
     "TAGI without alignment": "tagi-no-align",
     "Hypter-like (no pretraining, no fusion, CE only)": "hypter-like",
     "TAGI given an empty instruction": "tagi-empty-instruction",
-    "oracle: LoRA trained on 8 other instances of the test task (2 steps; not zero-shot)": "oracle",
+    "oracle: LoRA trained on up to 8 other instances of the test task (2 steps; not zero-shot; see below)": "oracle",
 }
 NO_VALIDATION = {"tagi-empty-instruction", "oracle"}  # evaluated with another method's checkpoint, or none
 

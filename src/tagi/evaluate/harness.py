@@ -252,7 +252,7 @@ class TaskJob:
 
 
 def new_token_budget(task: Task, backbone: Backbone, factor: float) -> int:
-    """Decoding budget of a task from its *definition*: ``ceil(factor * longest positive output) + 4``.
+    """Decoding budget of a task from its *positive examples*: ``ceil(factor * longest positive output) + 4``.
 
     Capped at ``model.max_target_tokens``; ``factor == 0`` or a task without positive examples gets the
     cap. The evaluated instances' references are never read, so no test label leaks into decoding.
