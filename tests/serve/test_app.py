@@ -9,7 +9,7 @@ import re
 import zipfile
 
 import pytest
-from serve_testing import running_server, worker_paused
+from serve_testing import INPUTS, running_server, worker_paused
 
 from tagi.cli import main as cli_main
 
@@ -106,17 +106,40 @@ def test_completions_chat_and_base(server):
     assert in_context["choices"][0]["message"]["content"] == same["choices"][0]["text"]
 
 
-def test_streaming_is_server_sent_events(server):
-    a = make(server.client)
-    body = {"model": a["id"], "prompt": "hello world", "max_tokens": MT}
-    full = server.client.post("/v1/completions", json=body).json()["choices"][0]["text"]
-    r = server.client.post("/v1/completions", json=body | {"stream": True})
-    assert r.headers["content-type"].startswith("text/event-stream")
-    events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+def sse_data(response) -> list[str]:
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
-    chunks = [json.loads(e) for e in events[:-1]]
-    assert "".join(c["choices"][0]["text"] for c in chunks) == full
-    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    return events[:-1]
+
+
+def test_streaming_is_server_sent_events_that_add_up_to_the_output(server):
+    a = make(server.client)
+    for text in INPUTS:
+        body = {"model": a["id"], "prompt": text, "max_tokens": MT}
+        full = server.client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+        chunks = [
+            json.loads(e)
+            for e in sse_data(server.client.post("/v1/completions", json=body | {"stream": True}))
+        ]
+        pieces = [c["choices"][0]["text"] for c in chunks if c["choices"][0]["text"]]
+        assert "".join(pieces) == full
+        assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    chat = {
+        "model": a["id"],
+        "max_tokens": MT,
+        "stream": True,
+        "messages": [{"role": "user", "content": "x"}],
+    }
+    chunks = [json.loads(e) for e in sse_data(server.client.post("/v1/chat/completions", json=chat))]
+    assert (
+        chunks[0]["choices"][0]["delta"]["role"] == "assistant" and chunks[-1]["choices"][0]["finish_reason"]
+    )
+
+
+def test_streamed_requests_are_refused_before_the_stream_starts(server):
+    r = server.client.post("/v1/completions", json={"model": "f" * 32, "prompt": "x", "stream": True})
+    assert "unknown adapter" in error_of(r, 404)
 
 
 def test_metrics_prometheus_text(server):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-from serve_testing import make_checkpoint
+from serve_testing import WAIT_S, make_checkpoint
 
 from tagi import Tagi
 from tagi.lora import LoraWeights
 from tagi.serve.cache import AdapterCache, Entry, adapter_bytes, adapter_id
-from tagi.serve.scheduler import Row, batch_key, stack_rows
+from tagi.serve.scheduler import Row, Scheduler, TextStream, batch_key, stack_rows
 from tagi_testing import random_adapter
 
 
@@ -55,3 +55,61 @@ def test_lru_is_bounded_in_bytes_and_evicted_ids_are_regenerated(backbones, tmp_
     assert cache.recipe("f" * 32) is None
     assert len(set(keys)) == 3 and all(len(k) == 32 for k in keys)
     assert adapter_id("x", "a", True) != adapter_id("x", "a", False) != adapter_id("y", "a", False)
+
+
+class FakeTokenizer:
+    """Token t decodes to VOCAB[t]; special tokens (0) are skipped."""
+
+    VOCAB = {0: "<eos>", 1: " ", 2: "ab", 3: "c", 4: "\ufffd"}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.VOCAB[i] for i in ids if not (skip_special_tokens and i == 0))
+
+
+def test_text_stream_pieces_concatenate_to_the_final_output():
+    pieces = []
+    stream = TextStream(FakeTokenizer(), {0}, pieces.append)
+    for t in (1, 2, 1, 3, 4, 3, 1, 0, 2):  # leading / trailing spaces, a partial character, then a stop
+        stream.push(t)
+    assert pieces == ["ab", " c", "\ufffdc"]  # whitespace and an incomplete character wait for more text
+    stream.finish("ab c\ufffdc")
+    assert "".join(pieces) == "ab c\ufffdc"
+
+
+def test_text_stream_sends_the_rest_at_the_end_and_survives_a_gone_listener():
+    pieces = []
+    stream = TextStream(FakeTokenizer(), {0}, pieces.append)
+    stream.finish("whole text")  # no steps reported (T5): everything at the end
+    assert pieces == ["whole text"]
+
+    def gone(_piece):
+        raise RuntimeError("event loop closed")
+
+    TextStream(FakeTokenizer(), {0}, gone).push(2)  # does not raise
+
+
+class StubBackbone:
+    """Decodes tokens 2, 1, 3 ("ab", " ", "c") for one row, reporting each step, then returns "ab c"."""
+
+    family, stop_ids, device, tokenizer = "causal", {0}, torch.device("cpu"), FakeTokenizer()
+
+    def __init__(self):
+        self.finished = False
+
+    def generate(self, examples, weights, mode, max_tokens, temperature, top_p, on_step=None):
+        for t in (2, 1, 3, 0):
+            on_step(torch.tensor([0]), torch.tensor([t]))
+        self.finished = True
+        return ["ab c"]
+
+
+def test_the_scheduler_streams_pieces_while_the_batch_decodes():
+    bb, seen = StubBackbone(), []
+    scheduler = Scheduler(bb, batch_wait_s=0)
+    try:
+        row = Row(None, "", "src", "fuse", 4, stream=lambda piece: seen.append((piece, bb.finished)))
+        (future,) = scheduler.submit_rows([row])
+        assert future.result(timeout=WAIT_S) == "ab c"
+    finally:
+        scheduler.close()
+    assert seen == [("ab", False), (" c", False)]  # both pieces arrived before decoding ended

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -209,7 +209,10 @@ class CausalBackbone(Backbone):
         temperature: float = 0.0,
         top_p: float = 1.0,
         generator: torch.Generator | None = None,
+        on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     ) -> list[str]:
+        """Decode outputs for examples; ``on_step(rows [A], tokens [A])``, if given, is called after every step
+        with the (original) indices of the rows still decoding and the token each just produced (streaming)."""
         n = len(examples)
         prefixes = [self.prefix_ids(e.instruction, mode) for e in examples]
         suffixes = [self.suffix_ids(e.source) for e in examples]
@@ -230,11 +233,11 @@ class CausalBackbone(Backbone):
         attn = torch.cat([torch.ones(n, prefix_len, dtype=torch.long, device=dev), mask], 1)
         pos = (attn.cumsum(-1) - 1).clamp_min(0)[:, prefix_len:]
         return self._decode_loop(
-            ids, attn, pos, cache, adapter, max_new_tokens, temperature, top_p, generator
+            ids, attn, pos, cache, adapter, max_new_tokens, temperature, top_p, generator, on_step
         )
 
     def _decode_loop(
-        self, ids, attn, pos, cache, adapter, max_new_tokens, temperature, top_p, generator
+        self, ids, attn, pos, cache, adapter, max_new_tokens, temperature, top_p, generator, on_step=None
     ) -> list[str]:
         """Decode up to ``max_new_tokens`` for the ``N`` prompts ``ids`` (left-padded, after ``cache``).
 
@@ -254,6 +257,8 @@ class CausalBackbone(Backbone):
             cache, steps = out.cache, step + 1
             nxt = sample_next(out.logits[:, -1], temperature, top_p, generator)  # [A]
             gen[alive, step] = nxt
+            if on_step is not None:
+                on_step(alive, nxt)
             going = ~torch.isin(nxt, stop)  # [A]
             if not bool(going.any()):
                 break

@@ -70,7 +70,7 @@ def serve(
         cors_origin: origins allowed to call the API from a browser (CORS is off by default).
         max_batch: requests (rows) decoded together, whatever their adapters.
         max_queue: rows allowed to wait; more get 429.
-        max_tokens: largest max_tokens a request may ask (default: the model's max_target_tokens).
+        max_tokens: largest max_tokens a request may ask (default: 256, or the model's max_target_tokens if larger).
         max_body_bytes: largest request body.
         cache_mb: memory for generated adapters (least recently used are dropped, and regenerated on use).
         timeout: seconds a request may wait for the model before a 408.

@@ -220,7 +220,8 @@ def create_app(service: Service, token: str | None = None, cors_origins: list[st
     async def healthz():
         return {"status": "ok", "base_model": service.base_name, "checkpoint_sha256": service.tagi.checkpoint_sha256,
                 "auth": token is not None, "adapters_cached": len(service.cache),
-                "queue_depth": service.scheduler.depth(), "max_tokens": service.max_tokens}  # fmt: skip
+                "queue_depth": service.scheduler.depth(), "max_tokens": service.max_tokens,
+                "default_max_tokens": service.default_tokens}  # fmt: skip
 
     @app.get("/metrics", dependencies=[Depends(guard)])
     async def metrics():

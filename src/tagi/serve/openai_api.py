@@ -9,21 +9,24 @@ put a task definition in the prompt — the in-context baseline the web page sho
 
 Greedy by default (OpenAI's default temperature is 1; tagi's is 0); ``temperature``, ``top_p``, ``seed``
 and ``max_tokens`` are honoured. ``stream: true`` answers with server-sent events in OpenAI's chunk shape,
-ending with ``data: [DONE]``; the text arrives in one chunk when its batch row finishes (the batched decode
-loop does not yet hand out tokens step by step). ``n`` > 1 and ``stop`` sequences are refused with 400.
+ending with ``data: [DONE]``: decoder-only models send the text piece by piece as the batched decode loop
+produces it (:class:`~tagi.serve.scheduler.TextStream`), T5 when its batch ends; an error after the stream
+has started is sent as an ``{"error": ...}`` event. ``n`` > 1 and ``stop`` sequences are refused with 400.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
-from tagi.serve.service import ApiError, Completion, Service
+from tagi.serve.service import ApiError, Completion, Pending, Service
 
 
 class _Common(BaseModel):
@@ -87,45 +90,79 @@ def _usage(done: list[Completion]) -> dict[str, int]:
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
-def _sse(events: list[dict]) -> StreamingResponse:
+async def _events(service: Service, pending: Pending, first: list[dict], piece, final) -> AsyncIterator[str]:
+    """Server-sent events: ``first``, a chunk per decoded text piece (``piece(row, text)``) as the worker
+    produces it, the closing chunks (``final(completions)``) or an error object, then ``[DONE]``."""
     from tagi.serve.app import dumps_event
 
-    async def stream():
-        for e in events:
-            yield dumps_event(e)
+    queue = pending.queue
+
+    async def finish() -> None:
+        try:
+            queue.put_nowait(("end", await service.results(pending)))
+        except ApiError as e:
+            queue.put_nowait(("error", e))
+        except Exception as e:  # noqa: BLE001 - reported in the stream, which has already started
+            queue.put_nowait(("error", ApiError(500, f"internal error: {type(e).__name__}", "server_error")))
+
+    task = asyncio.create_task(finish())
+    try:
+        for event in first:
+            yield dumps_event(event)
+        while True:
+            kind, payload = await queue.get()
+            if kind == "error":
+                yield dumps_event(payload.body())
+                break
+            for event in final(payload) if kind == "end" else [piece(kind, payload)]:
+                yield dumps_event(event)
+            if kind == "end":
+                break
         yield dumps_event("[DONE]")
+    finally:
+        task.cancel()  # a client that went away: its rows still waiting are dropped
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+def _sse(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-def _completion_body(req: CompletionRequest, done: list[Completion]) -> dict | StreamingResponse:
+def _completion_body(req: CompletionRequest, done: list[Completion]) -> dict:
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": req.model}  # fmt: skip
-    if not req.stream:
-        choices = [{"index": i, "text": d.text, "finish_reason": d.finish_reason, "logprobs": None}
-                   for i, d in enumerate(done)]  # fmt: skip
-        return head | {"choices": choices, "usage": _usage(done)}
-    events = [head | {"choices": [{"index": i, "text": d.text, "finish_reason": None, "logprobs": None}]}
-              for i, d in enumerate(done)]  # fmt: skip
-    events += [head | {"choices": [{"index": i, "text": "", "finish_reason": d.finish_reason, "logprobs": None}]}
+    choices = [{"index": i, "text": d.text, "finish_reason": d.finish_reason, "logprobs": None}
                for i, d in enumerate(done)]  # fmt: skip
-    return _sse(events)
+    return head | {"choices": choices, "usage": _usage(done)}
 
 
-def _chat_body(req: ChatRequest, d: Completion) -> dict | StreamingResponse:
+def _completion_stream(service: Service, req: CompletionRequest, pending: Pending) -> StreamingResponse:
+    head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "model": req.model}  # fmt: skip
+
+    def choice(i: int, text: str, why: str | None) -> dict:
+        return head | {"choices": [{"index": i, "text": text, "finish_reason": why, "logprobs": None}]}
+
+    return _sse(_events(service, pending, [], lambda i, text: choice(i, text, None),
+                        lambda done: [choice(i, "", d.finish_reason) for i, d in enumerate(done)]))  # fmt: skip
+
+
+def _chat_body(req: ChatRequest, d: Completion) -> dict:
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model}
-    if not req.stream:
-        message = {"role": "assistant", "content": d.text}
-        return head | {"object": "chat.completion", "usage": _usage([d]),
-                       "choices": [{"index": 0, "message": message, "finish_reason": d.finish_reason}]}  # fmt: skip
-    chunk = head | {"object": "chat.completion.chunk"}
-    deltas = [
-        ({"role": "assistant", "content": ""}, None),
-        ({"content": d.text}, None),
-        ({}, d.finish_reason),
-    ]
-    return _sse([chunk | {"choices": [{"index": 0, "delta": delta, "finish_reason": why}]}
-                 for delta, why in deltas])  # fmt: skip
+    message = {"role": "assistant", "content": d.text}
+    return head | {"object": "chat.completion", "usage": _usage([d]),
+                   "choices": [{"index": 0, "message": message, "finish_reason": d.finish_reason}]}  # fmt: skip
+
+
+def _chat_stream(service: Service, req: ChatRequest, pending: Pending) -> StreamingResponse:
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": req.model}  # fmt: skip
+
+    def chunk(delta: dict, why: str | None) -> dict:
+        return head | {"choices": [{"index": 0, "delta": delta, "finish_reason": why}]}
+
+    first = [chunk({"role": "assistant", "content": ""}, None)]
+    return _sse(_events(service, pending, first, lambda i, text: chunk({"content": text}, None),
+                        lambda done: [chunk({}, done[0].finish_reason)]))  # fmt: skip
 
 
 def install_openai_routes(app: FastAPI, service: Service, guard) -> None:
@@ -134,11 +171,18 @@ def install_openai_routes(app: FastAPI, service: Service, guard) -> None:
     @app.post("/v1/completions", dependencies=auth)
     async def completions(req: CompletionRequest):
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        done = await service.complete(req.model, prompts, instruction=req.instruction, **req.decoding())
-        return _completion_body(req, done)
+        pending = await service.submit(req.model, prompts, instruction=req.instruction, stream=req.stream,
+                                       **req.decoding())  # fmt: skip
+        if req.stream:
+            return _completion_stream(service, req, pending)
+        return _completion_body(req, await service.results(pending))
 
     @app.post("/v1/chat/completions", dependencies=auth)
     async def chat(req: ChatRequest):
         context = req.context() if req.model == "base" else None
-        (done,) = await service.complete(req.model, [req.input_text()], instruction=context, **req.decoding())
+        pending = await service.submit(req.model, [req.input_text()], instruction=context, stream=req.stream,
+                                       **req.decoding())  # fmt: skip
+        if req.stream:
+            return _chat_stream(service, req, pending)
+        (done,) = await service.results(pending)
         return _chat_body(req, done)

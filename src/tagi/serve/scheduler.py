@@ -15,6 +15,10 @@ adapters row by row (the base model is a row of zeros: adding an exact zero chan
 against ``tagi predict``). A serving stack that merges one adapter into the weights can only batch requests
 of the same adapter.
 
+A row may carry a ``stream`` listener: decoder-only batches report every step's tokens
+(``CausalBackbone.generate(on_step=...)``) and :class:`TextStream` turns them into text pieces as they are
+decoded (server-sent events); T5 rows get their text when the batch ends.
+
 Rows that ask for a ``seed`` are decoded on their own, seeded as ``Tagi.predict`` seeds, so a seeded
 sample is reproducible and equals ``tagi predict --seed``. When all rows of a batch share one adapter the
 batch passes it once (decoder-only: the instruction prefix's key/value cache is computed once).
@@ -34,6 +38,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -61,6 +66,7 @@ class Row:
     top_p: float = 1.0
     seed: int | None = None
     group: int = 0  # request number: seeded rows batch only with their own request
+    stream: Callable[[str], None] | None = None  # gets the text as it is decoded (see TextStream)
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -71,6 +77,44 @@ class Task:
 
     fn: Callable[[], Any]
     future: Future = field(default_factory=Future)
+
+
+class TextStream:
+    """One row's tokens -> text pieces whose concatenation is the row's final output (``backbone._decode``:
+    cut at the first stop token, special tokens skipped, stripped). A piece is sent once the decoded text
+    extends what was sent; an incomplete UTF-8 character or trailing whitespace waits for the next token."""
+
+    def __init__(self, tokenizer, stop_ids: set[int], emit: Callable[[str], None]) -> None:
+        self.tokenizer, self.stop_ids, self.emit = tokenizer, stop_ids, emit
+        self.ids: list[int] = []
+        self.sent, self.stopped = "", False
+
+    def _send(self, text: str) -> None:
+        if len(text) > len(self.sent) and text.startswith(self.sent):
+            piece, self.sent = text[len(self.sent) :], text
+            try:
+                self.emit(piece)
+            except Exception:  # noqa: BLE001 - a gone listener never breaks the batch
+                log.debug("stream listener failed", exc_info=True)
+
+    def push(self, token: int) -> None:
+        if self.stopped or token in self.stop_ids:
+            self.stopped = True
+            return
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).strip()
+        if not text.endswith("\ufffd"):
+            self._send(text)
+
+    def finish(self, final: str) -> None:
+        self._send(final)
+
+
+def _push_tokens(streams: dict[int, TextStream], alive: torch.Tensor, tokens: torch.Tensor) -> None:
+    """``on_step`` of the decode loop: each streamed row still decoding gets its new token."""
+    for i, t in zip(alive.tolist(), tokens.tolist()):
+        if i in streams:
+            streams[i].push(t)
 
 
 def batch_key(row: Row, family: str) -> tuple:
@@ -194,6 +238,11 @@ class Scheduler:
         except BaseException as e:  # noqa: BLE001 - handed to the waiting request
             future.set_exception(e)
 
+    def _streams(self, rows: list[Row]) -> dict[int, TextStream]:
+        stop = getattr(self.backbone, "stop_ids", set())
+        tok = self.backbone.tokenizer
+        return {i: TextStream(tok, stop, r.stream) for i, r in enumerate(rows) if r.stream is not None}
+
     def _decode(self, rows: list[Row]) -> None:
         first, t0 = rows[0], time.perf_counter()
         examples = [PromptExample(r.instruction, r.source, "") for r in rows]
@@ -201,13 +250,17 @@ class Scheduler:
         try:
             weights = stack_rows(rows)
             weights = weights.to(self.backbone.device) if weights is not None else None
-            seeded = first.seed is not None
+            seeded, streams, extra = first.seed is not None, self._streams(rows), {}
+            if streams and self.backbone.family == "causal":  # T5 (transformers' generate): at the end
+                extra["on_step"] = partial(_push_tokens, streams)
             with torch.random.fork_rng() if seeded else nullcontext():
                 if seeded:
                     torch.manual_seed(first.seed)
                 outs = self.backbone.generate(
-                    examples, weights, mode, first.max_tokens, first.temperature, first.top_p
+                    examples, weights, mode, first.max_tokens, first.temperature, first.top_p, **extra
                 )
+            for i, stream in streams.items():
+                stream.finish(outs[i])
         except BaseException as e:  # noqa: BLE001 - every waiting request gets the error
             log.exception("decoding a batch of %d rows failed", len(rows))
             for r in rows:

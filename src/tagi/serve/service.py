@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from tagi.data import Example, format_source
@@ -30,7 +31,7 @@ class Limits:
     max_body_bytes: int = 1_000_000
     max_instruction_chars: int = 20_000  # tokens beyond model.max_instruction_tokens are truncated, reported
     max_input_chars: int = 20_000  # tokens beyond model.max_input_tokens are cut from the left, as predict
-    max_tokens: int | None = None  # default: model.max_target_tokens
+    max_tokens: int | None = None  # the largest a request may ask; default max(256, model.max_target_tokens)
     max_prompts: int = 16  # prompts in one completions request
     max_pos_examples: int = 8
     max_batch: int = 16  # rows decoded together
@@ -70,7 +71,9 @@ class Service:
         if self.tagi.model is None:
             raise ValueError("serving needs a hypernetwork checkpoint (Tagi.from_checkpoint)")
         bb = self.tagi.backbone
-        self.max_tokens = self.limits.max_tokens or bb.cfg.max_target_tokens
+        # a request without max_tokens gets the model's max_target_tokens, as `tagi predict` does
+        self.default_tokens = bb.cfg.max_target_tokens
+        self.max_tokens = self.limits.max_tokens or max(256, self.default_tokens)
         self.cache = AdapterCache(self.limits.cache_bytes)
         self.metrics = Metrics()
         self.scheduler = Scheduler(bb, self.limits.max_batch, self.limits.max_queue, self.batch_wait_s,
@@ -180,7 +183,7 @@ class Service:
         if longest > self.limits.max_input_chars:
             raise ApiError(400, f"prompt of {longest} characters is over the limit of "
                            f"{self.limits.max_input_chars}", code="prompt_too_long")  # fmt: skip
-        limit = max_tokens if max_tokens is not None else self.max_tokens
+        limit = max_tokens if max_tokens is not None else min(self.default_tokens, self.max_tokens)
         if not 1 <= limit <= self.max_tokens:
             raise ApiError(400, f"max_tokens must be between 1 and {self.max_tokens} (got {limit})",
                            code="max_tokens_out_of_range")  # fmt: skip
@@ -188,7 +191,7 @@ class Service:
             raise ApiError(400, f"need temperature >= 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
         return limit
 
-    async def complete(
+    async def submit(
         self,
         model: str,
         inputs: list[str],
@@ -197,22 +200,56 @@ class Service:
         top_p: float = 1.0,
         seed: int | None = None,
         instruction: str | None = None,
-    ) -> list[Completion]:
-        """Outputs of ``model`` (an adapter id or ``"base"``) for instance inputs, batched with others."""
+        stream: bool = False,
+    ) -> Pending:
+        """Check and queue the rows of one request (every refusal happens here, before any response starts).
+
+        With ``stream``, ``Pending.queue`` receives ``(row index, text piece)`` as the rows are decoded.
+        """
         limit = self.check_decoding(inputs, max_tokens, temperature, top_p)
         entry = None if model == BASE else await self.lookup(model)
         if instruction is not None and entry is None:
             self._check_instruction(instruction, [])
         sampling = {"temperature": temperature, "top_p": top_p, "seed": seed}
         rows = [self._row(entry, x, limit, sampling, instruction) for x in inputs]
+        queue: asyncio.Queue | None = asyncio.Queue() if stream else None
+        if queue is not None:
+            loop = asyncio.get_running_loop()
+            for i, row in enumerate(rows):
+                row.stream = partial(_threadsafe_put, loop, queue, i)
         try:
             futures = self.scheduler.submit_rows(rows)
         except QueueFull as e:
             raise ApiError(429, f"server busy: {e}; retry later", "rate_limit_error", "queue_full") from None
-        outs = await self._wait(futures)
+        return Pending(rows, futures, limit, queue)
+
+    async def results(self, pending: Pending) -> list[Completion]:
+        """Wait (with the timeout) for a submitted request's outputs."""
+        outs = await self._wait(pending.futures)
         bb, done = self.tagi.backbone, []
-        for row, text in zip(rows, outs, strict=True):
+        for row, text in zip(pending.rows, outs, strict=True):
             n = bb.output_tokens(text)
-            done.append(Completion(text, self._prompt_tokens(row), n, "length" if n >= limit else "stop"))
+            done.append(
+                Completion(text, self._prompt_tokens(row), n, "length" if n >= pending.limit else "stop")
+            )
         self.metrics.tokens.inc(sum(c.completion_tokens for c in done))
         return done
+
+    async def complete(self, model: str, inputs: list[str], **kwargs) -> list[Completion]:
+        """Outputs of ``model`` (an adapter id or ``"base"``) for instance inputs, batched with others."""
+        return await self.results(await self.submit(model, inputs, **kwargs))
+
+
+@dataclass
+class Pending:
+    """A submitted request: its rows, their futures, its ``max_tokens`` and (streaming) its piece queue."""
+
+    rows: list[Row]
+    futures: list
+    limit: int
+    queue: asyncio.Queue | None = None
+
+
+def _threadsafe_put(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, index: int, piece: str) -> None:
+    """Called on the worker thread: hand a text piece to the request's event loop."""
+    loop.call_soon_threadsafe(queue.put_nowait, (index, piece))

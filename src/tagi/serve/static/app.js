@@ -27,7 +27,8 @@ async function loadHealth() {
   state.auth = h.auth;
   $("auth").hidden = !h.auth;
   $("health").textContent = "base model " + h.base_model + " · " + h.adapters_cached + " adapters cached";
-  $("max-tokens").placeholder = String(h.max_tokens);
+  $("max-tokens").placeholder = String(h.default_max_tokens);
+  $("max-tokens").max = String(h.max_tokens);
 }
 
 async function loadTasks() {
