@@ -147,7 +147,7 @@ class Service:
 
     async def peft_zip(self, key: str) -> bytes:
         entry = await self.lookup(key)
-        return await asyncio.to_thread(peft_zip, entry.adapter, f"tagi-{key}")
+        return await asyncio.to_thread(peft_zip, entry.adapter, f"tagi-{entry.id}")  # a server-made name
 
     # ---- completions
     def _row(
