@@ -36,10 +36,10 @@ import transformers
 from benchtools import median_time
 
 import tagi
+from tagi import Tagi
 from tagi.backbones import PromptExample, load_backbone
 from tagi.config import HyperConfig, ModelConfig
 from tagi.data import builtin_tasks, format_instruction, format_source
-from tagi.generate import Tagi
 from tagi.model import TagiModel
 
 

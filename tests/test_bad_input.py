@@ -21,11 +21,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tagi import Adapter, Tagi
 from tagi.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from tagi.cli import main
 from tagi.config import HyperConfig, ModelConfig
 from tagi.errors import TagiError
-from tagi.generate import Adapter, Tagi
 from tagi.model import TagiModel
 
 ROOT = Path(__file__).resolve().parents[1]

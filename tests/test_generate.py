@@ -13,11 +13,11 @@ from peft import PeftModel
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from tagi.adapters import save_adapter
+from tagi.adapters import Adapter, save_adapter
+from tagi.api import SOURCE_TEMPLATE, GenerateError, Tagi, definition_instruction
 from tagi.backbones import PromptExample, load_backbone
 from tagi.config import HyperConfig, ModelConfig
 from tagi.data import Example, Task, format_instruction, format_source
-from tagi.generate import SOURCE_TEMPLATE, Adapter, GenerateError, Tagi, definition_instruction
 from tagi.lora import AdapterError
 from tagi.model import CheckpointError, TagiModel
 from tagi_testing import random_adapter

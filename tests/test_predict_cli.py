@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from tagi import Adapter, Tagi
 from tagi.cli import main
 from tagi.config import HyperConfig
 from tagi.data import format_instruction, load_task
 from tagi.files import write_jsonl
-from tagi.generate import Adapter, Tagi
 from tagi.model import TagiModel
 
 INPUTS = ["hello world", "abc"]

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["Tagi", "__version__"]
+__all__ = ["Adapter", "Tagi", "__version__"]
 
 
 def __getattr__(name: str):
     # the Python API is imported lazily so that `import tagi` (and `tagi --help`) stays fast
     if name == "Tagi":
-        from tagi.generate import Tagi
+        from tagi.api import Tagi
 
         return Tagi
+    if name == "Adapter":
+        from tagi.adapters import Adapter
+
+        return Adapter
     raise AttributeError(name)

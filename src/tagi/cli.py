@@ -23,21 +23,21 @@ from collections.abc import Callable
 from tagi.errors import TagiError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train-teachers": ("tagi.train.commands:train_teachers", "stage 0: train teacher LoRA adapters"),
-    "pretrain": ("tagi.train.commands:pretrain", "stage 1: pretrain the hypernetwork on plain text"),
-    "finetune": ("tagi.train.commands:finetune", "stage 2: distillation finetuning of the hypernetwork"),
+    "train-teachers": ("tagi.commands.train:train_teachers", "stage 0: train teacher LoRA adapters"),
+    "pretrain": ("tagi.commands.train:pretrain", "stage 1: pretrain the hypernetwork on plain text"),
+    "finetune": ("tagi.commands.train:finetune", "stage 2: distillation finetuning of the hypernetwork"),
     "sweep": (
-        "tagi.train.commands:sweep",
+        "tagi.commands.train:sweep",
         "choose finetuning settings by validation CE on held-out training tasks",
     ),
-    "run": ("tagi.train.commands:run", "run all stages of a config in order (finished stages are skipped)"),
-    "generate": ("tagi.generate:generate_cmd", "generate a PEFT LoRA adapter from an instruction"),
+    "run": ("tagi.commands.train:run", "run all stages of a config in order (finished stages are skipped)"),
+    "generate": ("tagi.commands.generate:generate", "generate a PEFT LoRA adapter from an instruction"),
     "predict": (
-        "tagi.generate:predict_cmd",
+        "tagi.commands.generate:predict",
         "run a generated adapter (or a checkpoint + instruction) on inputs",
     ),
-    "evaluate": ("tagi.evaluate.commands:evaluate", "evaluate methods and baselines; write a report"),
-    "demo": ("tagi.evaluate.commands:demo", "the whole pipeline on the embedded model and built-in tasks"),
+    "evaluate": ("tagi.commands.evaluate:evaluate", "evaluate methods and baselines; write a report"),
+    "demo": ("tagi.commands.evaluate:demo", "the whole pipeline on the embedded model and built-in tasks"),
     "serve": (
         "tagi.commands.serve:serve",
         "serve instant adapters over HTTP: a web page and an OpenAI-style API",

@@ -9,7 +9,7 @@ import yaml
 from evalkit import QUICK, TINY_YAML, single_thread  # noqa: F401
 
 from tagi.cli import main
-from tagi.evaluate.commands import DEMO_CONFIG, demo_config
+from tagi.commands.evaluate import DEMO_CONFIG, demo_config
 
 DEMO_YAML = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 

@@ -47,6 +47,7 @@ __all__ = [
 
 log = logging.getLogger("tagi.backbones")
 EMBEDDED = "smollm2-135m-instruct"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded model is, for PEFT / vLLM
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -95,7 +96,7 @@ def embedded_folder() -> Path:
     model.config.quantization_config = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    model.config.name_or_path = EMBEDDED_HUB_ID
     with atomic_dir(target) as tmp:  # a half-written cache is never visible under its final name
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)

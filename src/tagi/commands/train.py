@@ -1,4 +1,4 @@
-"""CLI entry points of the training stages (``tagi train-teachers | pretrain | finetune | sweep | run``).
+"""``tagi train-teachers | pretrain | finetune | sweep | run``: the training stages from the command line.
 
 Each is a plain function — callable from Python as well — taking a YAML config and ``key=value``
 overrides. Data-parallel training: the same command under ``torchrun``, e.g.
@@ -7,11 +7,12 @@ overrides. Data-parallel training: the same command under ``torchrun``, e.g.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
 from tagi.config import load_config
+from tagi.evaluate.harness import run_evaluation
 from tagi.train import dist, stages
+from tagi.train.sweep import format_table, run_sweep
 
 log = logging.getLogger("tagi.train")
 
@@ -77,8 +78,6 @@ def sweep(config: str, grid: list[str], overrides: list[str] | None = None) -> i
         grid: axes key=v1,v2,... over finetune.* keys, e.g. --grid finetune.train.lr=3e-4,1e-3,3e-3
         overrides: key=value config overrides applied to every point (give them before --grid)
     """
-    from tagi.train.sweep import format_table, run_sweep
-
     try:
         record = run_sweep(load_config(config, overrides), grid)
     finally:
@@ -111,11 +110,6 @@ def run(
         stages.run_all(cfg, bb, resume=resume, force=force)
         if skip_eval or not info.is_main:
             return 0
-        if importlib.util.find_spec("tagi.evaluate.harness") is None:
-            log.info("evaluation is not available in this installation; training finished")
-            return 0
-        from tagi.evaluate.harness import run_evaluation
-
         run_evaluation(cfg, bb)
     finally:
         dist.cleanup()

@@ -1,4 +1,4 @@
-"""CLI functions ``tagi evaluate CONFIG`` and ``tagi demo`` (see :mod:`tagi.cli`).
+"""``tagi evaluate CONFIG`` and ``tagi demo`` (see :mod:`tagi.cli`).
 
 The demo's configuration is embedded here (:data:`DEMO_CONFIG`; ``configs/demo.yaml`` in a checkout is
 the same file, checked by a test), so ``tagi demo`` works from an installed package without a checkout.
@@ -13,7 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tagi.backbones import load_backbone
 from tagi.config import ExperimentConfig, apply_overrides, from_dict, load_config
+from tagi.evaluate.harness import run_evaluation
+from tagi.evaluate.report import headline_table, paired_table
+from tagi.train import stages
 
 log = logging.getLogger("tagi.evaluate")
 
@@ -107,8 +111,6 @@ def demo_config(
 
 
 def _print_summary(eval_dir: Path) -> None:
-    from tagi.evaluate.report import headline_table, paired_table
-
     results = json.loads((eval_dir / "results.json").read_text())
     print(f"\nreport: {eval_dir / 'report.md'}\n")
     print(headline_table(results))
@@ -124,8 +126,6 @@ def evaluate(config: str, overrides: list[str] | None = None) -> int:
         config: YAML experiment config.
         overrides: key=value config overrides, e.g. evaluate.methods=[no-finetune,tagi].
     """
-    from tagi.evaluate.harness import run_evaluation
-
     eval_dir = run_evaluation(load_config(config, overrides))
     _print_summary(eval_dir)
     return 0
@@ -142,10 +142,6 @@ def demo(out: str = "runs/demo", sni_dir: str = "", overrides: list[str] | None 
         sni_dir: Run on a Super-NaturalInstructions clone at this path instead of the built-in tasks.
         overrides: key=value config overrides on top of the demo config.
     """
-    from tagi.backbones import load_backbone
-    from tagi.evaluate.harness import run_evaluation
-    from tagi.train import stages
-
     cfg = demo_config(out, sni_dir, overrides)
     start = time.perf_counter()
     print(f"tagi demo: {cfg.model.name} on {cfg.data.source} tasks -> {cfg.out_dir}")
