@@ -1,0 +1,163 @@
+"""Which lever makes the generated adapter carry the task? Measured on the validation split only.
+
+Command (from the repository root; run it with the machine to itself)::
+
+    python benchmarks/specificity_levers.py [--sni-dir ../shared/data/sni] [--steps 128] [--levers base ...]
+
+Every lever is a set of config overrides on top of ``configs/bench-sni-smollm2.yaml`` with CE only (the
+setting the validation split chose over distillation, see the README's ablations) and task-grouped batches.
+For each lever the hypernetwork is pretrained (shared by levers with the same ``hyper`` settings) and
+finetuned for ``--steps`` steps; then, on the 8 held-out *training* tasks (never test tasks), it reports:
+
+- ``rougeL``: greedy Rouge-L at Def with the task's own adapter and its instruction in the prompt;
+- ``swap_delta``: that score minus the score when the hypernetwork reads a *different* validation task's
+  instruction (the prompt keeps the true one): what the instruction-dependent part of the adapter is worth;
+- ``alone``: Rouge-L with the task's adapter and *no* instruction in the prompt (the adapter alone);
+- ``share`` / ``cosine``: task-specific share and mean cosine of the generated dW over the validation
+  instructions and (instructions only, no labels) over the test instructions.
+
+Writes ``benchmarks/results/specificity_levers.json`` (config, seed, versions, load averages) and prints a
+table. Stages are resumable: a rerun reuses finished pretraining and finetuning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from benchtools import missing_sni_dir, provenance
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "bench-sni-smollm2.yaml"
+COMMON = [
+    "finetune.loss.kl=0",
+    "finetune.loss.align=0",
+    "finetune.teacher_cache=false",
+    "finetune.task_group=4",
+]
+LEVERS = {
+    "base": [],
+    "standardize": ["hyper.input_norm=standardize"],
+    "prompt-dropout": ["finetune.prompt_dropout=0.5"],
+    "standardize+dropout": ["hyper.input_norm=standardize", "finetune.prompt_dropout=0.5"],
+    "sentence-encoder": ["hyper.encoder=sentence", "finetune.use_pretrained=false"],
+}
+VAL_INSTANCES = 5
+
+
+def lever_config(name: str, sni_dir: str, out: Path, steps: int, config: Path = CONFIG, extra=()):
+    from tagi.config import load_config
+
+    overrides = LEVERS[name]
+    hyper = "-".join(o.split("=")[1] for o in overrides if o.startswith("hyper.")) or "default"
+    run = out / f"hyper-{hyper}"  # levers with the same hyper settings share the pretraining
+    return load_config(
+        config,
+        [f"data.sni_dir={sni_dir}", f"out_dir={run}", *COMMON, f"finetune.train.max_steps={steps}", *overrides,
+         *extra],
+    ), run / f"finetune-{name}"  # fmt: skip
+
+
+@torch.no_grad()
+def decode_score(model, tasks, adapters_from: dict[str, str], mode: str) -> float:
+    """Mean Rouge-L over the tasks' first instances at Def; ``adapters_from[task]`` is what the
+    hypernetwork reads, the prompt holds the task's own instruction (``mode="fuse"``) or none."""
+    from tagi.data.select import task_examples
+    from tagi.evaluate.harness import new_token_budget
+    from tagi.evaluate.metrics import score_records
+
+    records = []
+    for task in tasks:
+        examples = task_examples(task, 0, VAL_INSTANCES)
+        weights = model.adapters([adapters_from[task.name]])
+        budget = new_token_budget(task, model.bb, 1.5)
+        outputs = model.bb.generate(examples, weights, mode, max_new_tokens=budget)
+        records += [
+            {"task": task.name, "prediction": o, "references": list(i.outputs)}
+            for o, i in zip(outputs, task.instances[:VAL_INSTANCES], strict=True)
+        ]
+    return score_records(records)["overall"]["rougeL"]
+
+
+@torch.no_grad()
+def spread(model, texts: list[str]) -> dict:
+    from tagi.evaluate.compare import adapter_spread
+    from tagi.lora import LoraWeights
+
+    parts = [model.adapters(texts[i : i + 8]) for i in range(0, len(texts), 8)]
+    return adapter_spread(LoraWeights.stack(parts).gram())
+
+
+def measure(cfg, folder: Path, backbone) -> dict:
+    from tagi.data import format_instruction
+    from tagi.data.select import load_tasks
+    from tagi.model import TagiModel
+    from tagi.train.common import read_done, training_tasks
+
+    model = TagiModel.load(folder / "final", backbone).eval()
+    _, val = training_tasks(cfg)
+    own = {t.name: format_instruction(t, 0) for t in val}
+    names = sorted(own)
+    other = {n: own[names[(i + 1) % len(names)]] for i, n in enumerate(names)}
+    true = decode_score(model, val, own, "fuse")
+    swapped = decode_score(model, val, other, "fuse")
+    alone = decode_score(model, val, own, "none")
+    test_texts = [format_instruction(t, 0) for t in load_tasks(cfg.data, "test")]
+    done = read_done(folder)
+    return {
+        "rougeL": true, "swap_delta": true - swapped, "alone": alone,
+        "val_spread": spread(model, [own[n] for n in names]), "test_spread": spread(model, test_texts),
+        "val_ce": done.get("validation"), "finetune_s": done.get("wall_time_s"),
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sni-dir", default=str(ROOT.parent / "shared" / "data" / "sni"))
+    parser.add_argument("--steps", type=int, default=128, help="finetuning steps per lever")
+    parser.add_argument("--levers", nargs="*", default=list(LEVERS), choices=list(LEVERS))
+    parser.add_argument("--out", default="runs/levers")
+    parser.add_argument(
+        "--config", default=str(CONFIG), help="base config (configs/tiny.yaml for a smoke run)"
+    )
+    parser.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every lever")
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "specificity_levers.json"))
+    args = parser.parse_args(argv)
+    if missing_sni_dir(args.sni_dir):
+        return 2
+    from tagi.backbones import load_backbone
+    from tagi.config import to_dict
+    from tagi.train.stages import run_finetune, run_pretrain
+
+    load_start = os.getloadavg()[0]
+    rows, configs, backbone = {}, {}, None
+    for name in args.levers:
+        cfg, folder = lever_config(
+            name, args.sni_dir, Path(args.out), args.steps, Path(args.config), args.set
+        )
+        backbone = backbone or load_backbone(cfg.model)
+        t0 = time.perf_counter()
+        if cfg.finetune.use_pretrained:
+            run_pretrain(cfg, backbone)
+        run_finetune(cfg, backbone, out_dir=folder)
+        rows[name] = measure(cfg, folder, backbone) | {"stage_s": time.perf_counter() - t0}
+        configs[name] = to_dict(cfg)
+        r = rows[name]
+        print(f"{name:22s} rougeL {r['rougeL']:5.1f}  swap delta {r['swap_delta']:+5.1f}  alone {r['alone']:5.1f}  "
+              f"share val {r['val_spread']['task_specific_share']:.3f} test {r['test_spread']['task_specific_share']:.3f}",
+              flush=True)  # fmt: skip
+    out = {"levers": rows, "overrides": {n: [*COMMON, *LEVERS[n]] for n in args.levers}, "steps": args.steps,
+           "validation_instances": VAL_INSTANCES, "configs": configs, "seed": 0,
+           **provenance(__file__, argv if argv is not None else sys.argv[1:], torch.get_num_threads(), load_start)}  # fmt: skip
+    Path(args.results).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"results: {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
