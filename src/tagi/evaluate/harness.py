@@ -63,6 +63,7 @@ from tagi.evaluate.methods import (
     variant_config,
 )
 from tagi.evaluate.metrics import score_records
+from tagi.evaluate.p3 import p3_table
 from tagi.evaluate.ranking import rank_classify
 from tagi.files import file_sha256, package_versions, write_json
 from tagi.lora import LoraWeights
@@ -563,6 +564,7 @@ def assemble(
         "other_instruction_map": other,
         "methods": table,
         "paired": paired_comparisons(table, settings, cfg.seed),
+        "p3_heldout": p3_table(table, settings),
         "efficiency": efficiency,
         "stages": report.stage_times(Path(cfg.out_dir)),
         "evaluation_timing": timings,

@@ -177,6 +177,26 @@ def rank_table(results: dict) -> str:
     return note + _table(["method", *[f"{s} accuracy" for s in settings]], rows)
 
 
+def p3_section(results: dict) -> str:
+    """P3-style held-out accuracy (SNI versions of T0's held-out datasets), "" when none was scored."""
+    p3 = results.get("p3_heldout") or {}
+    if not p3:
+        return ""
+    settings = results["settings"]
+    names = sorted({d for m in p3.values() for r in m.values() for d in r["datasets"]})
+    rows = []
+    for method, by_setting in p3.items():
+        for s in settings:
+            r = by_setting.get(s)
+            if r:
+                rows.append([method, s, *[_f(r["datasets"].get(d)) for d in names], _f(r["average"])])
+    note = (
+        f"Rank-classification accuracy on the SNI versions of T0's held-out datasets present here ({len(names)} "
+        "of the paper's 11), each dataset weighing the same in the average, as the paper's MTest11.\n\n"
+    )
+    return note + _table(["method", "setting", *names, "average"], rows)
+
+
 def efficiency_tables(results: dict) -> str:
     eff, parts = results.get("efficiency"), []
     if eff:
@@ -306,6 +326,9 @@ def render_markdown(results: dict, files: Sequence[str] = ("results.json",)) -> 
     rank = rank_table(results)
     if rank:
         sections.append("## Rank classification (token-averaged NLL of each option)\n\n" + rank)
+    p3 = p3_section(results)
+    if p3:
+        sections.append("## P3-style held-out accuracy\n\n" + p3)
     sections += [
         "## Efficiency\n\n" + efficiency_tables(results),
         "## Wall time per stage\n\n" + stage_table(results),
