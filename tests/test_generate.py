@@ -14,10 +14,11 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from tagi.adapters import Adapter, save_adapter
-from tagi.api import SOURCE_TEMPLATE, GenerateError, Tagi, definition_instruction
+from tagi.api import GenerateError, Tagi, definition_instruction
 from tagi.backbones import PromptExample, load_backbone
 from tagi.config import HyperConfig, ModelConfig
 from tagi.data import Example, Task, format_instruction, format_source
+from tagi.data.prompts import SOURCE_TEMPLATE
 from tagi.lora import AdapterError
 from tagi.model import CheckpointError, TagiModel
 from tagi_testing import random_adapter

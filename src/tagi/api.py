@@ -38,7 +38,6 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -54,8 +53,6 @@ from tagi.model import CheckpointError, TagiModel, read_checkpoint_config
 __all__ = ["Adapter", "GenerateError", "Tagi", "definition_instruction"]
 
 log = logging.getLogger("tagi.generate")
-# tagi.data.format_source as a template; the "." is left out when the input ends in punctuation
-SOURCE_TEMPLATE = "Now complete the following example -\nInput: {input}.\nOutput: "
 
 
 class GenerateError(TagiError, ValueError):
@@ -129,37 +126,6 @@ class Tagi:
             raise GenerateError("the instruction is empty")
         return instruction if raw else definition_instruction(instruction)
 
-    def _fit(self, text: str) -> tuple[str, bool]:
-        """Truncate ``text`` to ``model.max_instruction_tokens`` tokens (T5 keeps one for eos), warning."""
-        bb = self.backbone
-        limit = bb.max_instruction_tokens - (1 if bb.family == "seq2seq" else 0)
-        ids = bb.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) <= limit:
-            return text, False
-        log.warning(
-            "instruction of %d tokens truncated to model.max_instruction_tokens=%d; the adapter stores the "
-            "truncated text",
-            len(ids),
-            bb.max_instruction_tokens,
-        )
-        return bb.tokenizer.decode(ids[:limit], skip_special_tokens=True), True
-
-    def prompt_info(self) -> dict[str, Any]:
-        """How prompts are laid out (recorded in ``tagi.json``)."""
-        bb = self.backbone
-        info = {"chat_template": False, "head": "", "source_template": SOURCE_TEMPLATE, "tail": ""}
-        if bb.family == "seq2seq":
-            return info | {
-                "layout": "encoder: source + eos; fuse: decoder attends over [instruction ; source]"
-            }
-        head, tail = getattr(bb, "head_ids", []), getattr(bb, "tail_ids", [])
-        return info | {
-            "chat_template": bool(getattr(bb, "use_chat", False)),
-            "head": bb.tokenizer.decode(head) if head else "",
-            "tail": bb.tokenizer.decode(tail) if tail else "",
-            "layout": "head + instruction (if fused) + source + tail, each part tokenised separately",
-        }
-
     def generate_adapter(
         self,
         instruction: str | None = None,
@@ -175,7 +141,9 @@ class Tagi:
         """
         if self.model is None:
             raise GenerateError("generating adapters needs a hypernetwork checkpoint (Tagi.from_checkpoint)")
-        text, truncated = self._fit(self.instruction_text(instruction, task, pos_examples, raw))
+        text, truncated = self.backbone.fit_instruction(
+            self.instruction_text(instruction, task, pos_examples, raw)
+        )
         with torch.no_grad():
             weights = self.model.adapters([text]).detach()  # [1]
         bb = self.backbone
@@ -188,7 +156,7 @@ class Tagi:
             base_model=peft_base_name(bb.cfg),
             checkpoint_sha256=self.checkpoint_sha256,
             instruction_truncated=truncated,
-            prompt=self.prompt_info(),
+            prompt=self.backbone.prompt_layout(),
         )
 
     def check_adapter(self, adapter: Adapter) -> None:
@@ -213,10 +181,7 @@ class Tagi:
     # ---- prediction
     def prompt_ids(self, adapter: Adapter, input_text: str) -> list[int]:
         """The exact token ids tagi runs for one input (decoder-only: prefix + suffix; T5: encoder ids)."""
-        bb, src = self.backbone, format_source(input_text)
-        if bb.family == "causal":
-            return bb.prefix_ids(adapter.instruction, adapter.mode) + bb.suffix_ids(src)
-        return bb.encoder_ids(PromptExample(adapter.instruction, src), adapter.mode)
+        return self.backbone.prompt_ids(adapter.instruction, format_source(input_text), adapter.mode)
 
     def predict(
         self,

@@ -115,12 +115,15 @@ class TagiModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, LoraWeights]:
         """Student logits at label positions ``[M, V]``, labels ``[M]``, rows ``[M]`` and the adapters."""
         weights = self.adapters(instructions, cache)
-        fuse_states = None
-        if batch.fuse_ids is not None and cache is not None:  # T5 FiD reuses the cached encodings
-            fuse_states, fmask = cache.get(self.bb, instructions)
-            batch.fuse_mask = fmask
-        logits, labels, rows = self.bb.forward(batch, weights, fuse_states=fuse_states)
+        logits, labels, rows = self.bb.forward(batch, weights, self.fuse_states(batch, instructions, cache))
         return logits, labels, rows, weights
+
+    def fuse_states(
+        self, batch: ModelBatch, instructions: Sequence[str], cache: InstructionCache | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The cached frozen encodings of a fused batch's instructions (``[N, Ti, H]``, ``[N, Ti]``) for the
+        backbone's fusion (T5 FiD); None when the batch is not fused or there is no cache."""
+        return cache.get(self.bb, instructions) if batch.fused and cache is not None else None
 
     def generate(self, examples, mode: PromptMode = "fuse", **kwargs) -> list[str]:
         """Generate for examples (any mix of tasks) with their generated adapters."""

@@ -184,7 +184,7 @@ def test_t5_fusion_attends_over_instruction(backbones):
     assert (lf - ln).abs().max() > 1e-4
     # precomputed instruction states give the same logits as computing them inside forward
     states = bb.encode_instruction(fused.fuse_ids, fused.fuse_mask)
-    lp, _, _ = bb.forward(fused, fuse_states=states)
+    lp, _, _ = bb.forward(fused, fuse_states=(states, fused.fuse_mask))
     assert torch.allclose(lf, lp, atol=1e-6)
 
 

@@ -22,17 +22,20 @@ A backbone wraps a frozen Hugging Face model and its tokenizer and knows:
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from tagi.config import ConfigError, ModelConfig
+from tagi.examples import PromptExample
 from tagi.lora import LoraWeights
 
+log = logging.getLogger("tagi.backbones")
 PromptMode = Literal["concat", "fuse", "none"]
 IGNORE = -100
 
@@ -46,20 +49,6 @@ class Target:
     layer: int
     in_features: int
     out_features: int
-
-
-@dataclass(frozen=True)
-class PromptExample:
-    """One training / evaluation example in text form.
-
-    ``instruction`` is the task text (Definition + k positive examples, Tk-Instruct format), ``source``
-    the per-instance part ("Now complete the following example - Input: ... Output: "), ``target`` the
-    reference output ("" at inference).
-    """
-
-    instruction: str
-    source: str
-    target: str = ""
 
 
 @dataclass
@@ -96,6 +85,11 @@ class ModelBatch:
     def num_label_tokens(self) -> int:
         return int((self.labels != IGNORE).sum())
 
+    @property
+    def fused(self) -> bool:
+        """True when the instructions are encoded separately for fusion (T5 FiD, mode ``fuse``)."""
+        return self.fuse_ids is not None
+
 
 def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists: ``(ids [N, T], mask [N, T])``."""
@@ -125,6 +119,7 @@ class Backbone(ABC):
     """A frozen base model behind one interface (see the module docstring)."""
 
     family: str = ""
+    KINDS: tuple[str, ...] = ()  # the target module kinds a config may name
 
     def __init__(self, model: nn.Module, tokenizer, cfg: ModelConfig, source: str) -> None:
         self.model = model
@@ -156,9 +151,27 @@ class Backbone(ABC):
     def default_kinds(self) -> list[str]:
         """Target kinds used when the config names none."""
 
-    @abstractmethod
     def _find_targets(self, kinds: list[str]) -> list[Target]:
         """Enumerate target modules for the requested kinds (raise ValueError for an unknown kind)."""
+        unknown = set(kinds) - set(self.KINDS)
+        if unknown:
+            raise ValueError(
+                f"unknown target module kind {sorted(unknown)[0]!r} (known: {', '.join(self.KINDS)})"
+            )
+        out = []
+        for name, mod in self.model.named_modules():
+            found = self._match_target(name) if isinstance(mod, nn.Linear) else None
+            if found is not None and found[0] in kinds:
+                out.append(Target(name, found[1], found[2], mod.in_features, mod.out_features))
+        return self._order_targets(out, kinds)
+
+    @abstractmethod
+    def _match_target(self, name: str) -> tuple[str, str, int] | None:
+        """``(kind as configured, Target.kind, layer)`` when the linear layer ``name`` can take a LoRA."""
+
+    def _order_targets(self, targets: list[Target], kinds: list[str]) -> list[Target]:
+        """The order the hypernetwork generates targets in (default: module order)."""
+        return targets
 
     @property
     @abstractmethod
@@ -173,14 +186,49 @@ class Backbone(ABC):
     def max_instruction_tokens(self) -> int:
         return self.cfg.max_instruction_tokens
 
+    @property
+    def instruction_limit(self) -> int:
+        """Instruction tokens kept: ``model.max_instruction_tokens`` (T5 keeps one of them for its eos)."""
+        return self.cfg.max_instruction_tokens
+
     def output_tokens(self, text: str) -> int:
         """Number of tokens the model generates to write ``text`` (no special tokens, no EOS)."""
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+        return len(self._tok(text))
 
-    # ---- text -> tensors
+    # ---- text -> ids: the one place instructions are cut to the limit
+    def _tok(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def _truncate_instruction(self, ids: list[int], note: str = "") -> list[int]:
+        """The first :attr:`instruction_limit` tokens, with a warning when that cuts any."""
+        if len(ids) <= self.instruction_limit:
+            return ids
+        limit = self.cfg.max_instruction_tokens
+        log.warning(
+            "instruction of %d tokens truncated to model.max_instruction_tokens=%d%s", len(ids), limit, note
+        )
+        return ids[: self.instruction_limit]
+
+    def fit_instruction(self, text: str) -> tuple[str, bool]:
+        """``(text, truncated)``: the instruction cut to the limit as text (an adapter stores what it read)."""
+        ids = self._tok(text)
+        kept = self._truncate_instruction(ids, "; the adapter stores the truncated text")
+        if len(kept) == len(ids):
+            return text, False
+        return self.tokenizer.decode(kept, skip_special_tokens=True), True
+
     @abstractmethod
     def instruction_ids(self, instruction: str) -> list[int]:
         """Tokens of an instruction as read by the hypernetwork (truncated to the limit, never empty)."""
+
+    @abstractmethod
+    def prompt_ids(self, instruction: str, source: str, mode: PromptMode) -> list[int]:
+        """The exact token ids of one prompt (decoder-only: prefix + suffix; T5: the encoder input)."""
+
+    @abstractmethod
+    def prompt_layout(self) -> dict[str, Any]:
+        """How prompts are laid out: ``{"chat_template", "head", "source_template", "tail", "layout"}``
+        (recorded in an adapter's ``tagi.json`` so PEFT / vLLM users can build the same prompt)."""
 
     def collate_instructions(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ids [N, T], mask [N, T])`` of instructions for :meth:`encode_instruction`."""
@@ -214,12 +262,16 @@ class Backbone(ABC):
 
     @abstractmethod
     def forward(
-        self, batch: ModelBatch, adapter: LoraWeights | None = None, fuse_states: torch.Tensor | None = None
+        self,
+        batch: ModelBatch,
+        adapter: LoraWeights | None = None,
+        fuse_states: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits at label positions ``[M, V]``, labels ``[M]``, example index ``[M]``.
 
-        ``adapter`` holds one adapter per example (or one for all); ``fuse_states`` lets T5 callers pass
-        precomputed instruction encodings for FiD (computed from ``batch.fuse_ids`` otherwise).
+        ``adapter`` holds one adapter per example (or one for all). For a fused batch (``batch.fused``,
+        T5 FiD) ``fuse_states`` may pass precomputed instruction encodings ``(states [N, Ti, H], mask [N,
+        Ti])``; they are computed from ``batch.fuse_ids`` otherwise. Decoder-only models ignore it.
         """
 
     @abstractmethod

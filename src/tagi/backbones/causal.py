@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -33,6 +34,7 @@ from tagi.backbones.base import (
     pad_right,
     sample_next,
 )
+from tagi.data.prompts import SOURCE_TEMPLATE
 from tagi.lora import LoraWeights, apply_lora
 
 log = logging.getLogger("tagi.backbones")
@@ -43,6 +45,7 @@ CAUSAL_KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 class CausalBackbone(Backbone):
     family = "causal"
+    KINDS = CAUSAL_KINDS
 
     def __init__(self, model, tokenizer, cfg, source: str) -> None:
         super().__init__(model, tokenizer, cfg, source)
@@ -68,18 +71,12 @@ class CausalBackbone(Backbone):
     def default_kinds(self) -> list[str]:
         return ["q_proj", "v_proj"]
 
-    def _find_targets(self, kinds: list[str]) -> list[Target]:
-        unknown = set(kinds) - set(CAUSAL_KINDS)
-        if unknown:
-            raise ValueError(
-                f"unknown target module kind {sorted(unknown)[0]!r} (known: {', '.join(CAUSAL_KINDS)})"
-            )
-        out = []
-        for name, mod in self.model.named_modules():
-            m = _LAYER_RE.search(name)
-            if m and m[2] in kinds and isinstance(mod, torch.nn.Linear):
-                out.append(Target(name, m[2], int(m[1]), mod.in_features, mod.out_features))
-        return sorted(out, key=lambda t: (t.layer, kinds.index(t.kind)))
+    def _match_target(self, name: str) -> tuple[str, str, int] | None:
+        m = _LAYER_RE.search(name)
+        return (m[2], m[2], int(m[1])) if m else None
+
+    def _order_targets(self, targets: list[Target], kinds: list[str]) -> list[Target]:
+        return sorted(targets, key=lambda t: (t.layer, kinds.index(t.kind)))
 
     @property
     def hidden_size(self) -> int:
@@ -92,18 +89,6 @@ class CausalBackbone(Backbone):
         return {int(i) for i in ids if i is not None}
 
     # ---- text -> ids
-    def _tok(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
-
-    def _truncate_instruction(self, ids: list[int]) -> list[int]:
-        limit = self.cfg.max_instruction_tokens
-        if len(ids) > limit:
-            log.warning(
-                "instruction of %d tokens truncated to model.max_instruction_tokens=%d", len(ids), limit
-            )
-            return ids[:limit]
-        return ids
-
     def instruction_ids(self, instruction: str) -> list[int]:
         ids = self._truncate_instruction(self._tok(instruction))
         return ids or [int(self.tokenizer.eos_token_id)]  # an empty instruction still has one state
@@ -114,6 +99,18 @@ class CausalBackbone(Backbone):
 
     def suffix_ids(self, source: str) -> list[int]:
         return self._tok(source)[-self.cfg.max_input_tokens :] + self.tail_ids
+
+    def prompt_ids(self, instruction: str, source: str, mode: PromptMode) -> list[int]:
+        return self.prefix_ids(instruction, mode) + self.suffix_ids(source)
+
+    def prompt_layout(self) -> dict[str, Any]:
+        return {
+            "chat_template": self.use_chat,
+            "head": self.tokenizer.decode(self.head_ids) if self.head_ids else "",
+            "source_template": SOURCE_TEMPLATE,
+            "tail": self.tokenizer.decode(self.tail_ids) if self.tail_ids else "",
+            "layout": "head + instruction (if fused) + source + tail, each part tokenised separately",
+        }
 
     def target_ids(self, target: str, add_eos: bool = True) -> list[int]:
         ids = self._tok(target)[: self.cfg.max_target_tokens]

@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
-from tagi.backbones.base import IGNORE, Backbone, ModelBatch, PromptExample, PromptMode, Target, pad_right
+from tagi.backbones.base import IGNORE, Backbone, ModelBatch, PromptExample, PromptMode, pad_right
+from tagi.data.prompts import SOURCE_TEMPLATE
 from tagi.lora import LoraWeights, apply_lora
 
 log = logging.getLogger("tagi.backbones")
@@ -33,23 +35,14 @@ _PART = {"SelfAttention": "self", "EncDecAttention": "cross", "DenseReluDense": 
 
 class T5Backbone(Backbone):
     family = "seq2seq"
+    KINDS = T5_KINDS
 
     def default_kinds(self) -> list[str]:
         return ["q", "v"]
 
-    def _find_targets(self, kinds: list[str]) -> list[Target]:
-        unknown = set(kinds) - set(T5_KINDS)
-        if unknown:
-            raise ValueError(
-                f"unknown target module kind {sorted(unknown)[0]!r} (known: {', '.join(T5_KINDS)})"
-            )
-        out = []
-        for name, mod in self.model.named_modules():
-            m = _T5_RE.match(name)
-            if m and m["kind"] in kinds and isinstance(mod, torch.nn.Linear):
-                kind = f"{m['stack'][:3]}_{_PART[m['part']]}_{m['kind']}"
-                out.append(Target(name, kind, int(m["layer"]), mod.in_features, mod.out_features))
-        return out
+    def _match_target(self, name: str) -> tuple[str, str, int] | None:
+        m = _T5_RE.match(name)
+        return (m["kind"], f"{m['stack'][:3]}_{_PART[m['part']]}_{m['kind']}", int(m["layer"])) if m else None
 
     @property
     def hidden_size(self) -> int:
@@ -59,26 +52,30 @@ class T5Backbone(Backbone):
     def eos_id(self) -> int:
         return int(self.tokenizer.eos_token_id)
 
+    @property
+    def instruction_limit(self) -> int:
+        return self.cfg.max_instruction_tokens - 1  # the eos takes the last place
+
     # ---- text -> ids
-    def _tok(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
-
-    def _ins(self, instruction: str) -> list[int]:
-        ids = self._tok(instruction)
-        limit = self.cfg.max_instruction_tokens - 1
-        if len(ids) > limit:
-            log.warning(
-                "instruction of %d tokens truncated to model.max_instruction_tokens=%d", len(ids), limit + 1
-            )
-            ids = ids[:limit]
-        return ids
-
     def instruction_ids(self, instruction: str) -> list[int]:
-        return self._ins(instruction) + [self.eos_id]
+        return self._truncate_instruction(self._tok(instruction)) + [self.eos_id]
 
     def encoder_ids(self, ex: PromptExample, mode: PromptMode) -> list[int]:
         src = self._tok(ex.source)[-self.cfg.max_input_tokens :]
-        return (self._ins(ex.instruction) if mode == "concat" else []) + src + [self.eos_id]
+        ins = self._truncate_instruction(self._tok(ex.instruction)) if mode == "concat" else []
+        return ins + src + [self.eos_id]
+
+    def prompt_ids(self, instruction: str, source: str, mode: PromptMode) -> list[int]:
+        return self.encoder_ids(PromptExample(instruction, source), mode)
+
+    def prompt_layout(self) -> dict[str, Any]:
+        return {
+            "chat_template": False,
+            "head": "",
+            "source_template": SOURCE_TEMPLATE,
+            "tail": "",
+            "layout": "encoder: source + eos; fuse: decoder attends over [instruction ; source]",
+        }
 
     def collate(
         self,
@@ -104,28 +101,29 @@ class T5Backbone(Backbone):
         return self.model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state  # [N, Ti, d]
 
     def _encode(
-        self, batch: ModelBatch, fuse_states: torch.Tensor | None
+        self, batch: ModelBatch, fused: tuple[torch.Tensor, torch.Tensor] | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Adapted encoder states of the input, with the instruction states prepended in mode fuse."""
+        """Adapted encoder states of the input, with the instruction states prepended in mode fuse (FiD)."""
         enc = self.model.encoder(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask
         ).last_hidden_state
-        if fuse_states is None:
+        if fused is None:
             return enc, batch.attention_mask  # [N, S, d], [N, S]
-        fmask = batch.fuse_mask.to(batch.attention_mask)
-        if fuse_states.shape[0] == 1 and enc.shape[0] > 1:  # one task's encoding shared by the batch
-            fuse_states, fmask = fuse_states.expand(enc.shape[0], -1, -1), fmask.expand(enc.shape[0], -1)
-        return torch.cat([fuse_states.to(enc.dtype), enc], 1), torch.cat([fmask, batch.attention_mask], 1)
+        states, fmask = fused[0], fused[1].to(batch.attention_mask)  # [N or 1, Ti, d], [N or 1, Ti]
+        if states.shape[0] == 1 and enc.shape[0] > 1:  # one task's encoding shared by the batch
+            states, fmask = states.expand(enc.shape[0], -1, -1), fmask.expand(enc.shape[0], -1)
+        return torch.cat([states.to(enc.dtype), enc], 1), torch.cat([fmask, batch.attention_mask], 1)
 
-    def _fuse_states(self, batch: ModelBatch, fuse_states: torch.Tensor | None) -> torch.Tensor | None:
-        if batch.fuse_ids is None:
+    def _fuse_states(
+        self, batch: ModelBatch, fuse_states: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The instruction encodings FiD attends over: the given ones, else the frozen encoder's (computed
+        outside the adapter context); None for a batch that is not fused."""
+        if not batch.fused:
             return None
-        # computed outside the adapter context: the frozen encoder's reading of the instruction
-        return (
-            fuse_states
-            if fuse_states is not None
-            else self.encode_instruction(batch.fuse_ids, batch.fuse_mask)
-        )
+        if fuse_states is not None:
+            return fuse_states
+        return self.encode_instruction(batch.fuse_ids, batch.fuse_mask), batch.fuse_mask
 
     def forward(self, batch, adapter=None, fuse_states=None):
         fs = self._fuse_states(batch, fuse_states)

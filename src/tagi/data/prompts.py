@@ -69,13 +69,14 @@ def format_instruction(task: Task, num_pos: int = 0) -> str:
     return "".join(parts)
 
 
+_SOURCE_HEAD, _SOURCE_TAIL = "Now complete the following example -\n", "\nOutput: "
+SOURCE_TEMPLATE = _SOURCE_HEAD + "Input: {input}." + _SOURCE_TAIL
+""":func:`format_source` as a template (the "." is left out when the input ends in punctuation)."""
+
+
 def format_source(instance_input: str) -> str:
     """The per-instance part: ``"Now complete the following example -\\nInput: {x}.\\nOutput: "``."""
-    return (
-        "Now complete the following example -\n"
-        + _with_period("Input: " + instance_input.strip())
-        + "\nOutput: "
-    )
+    return _SOURCE_HEAD + _with_period("Input: " + instance_input.strip()) + _SOURCE_TAIL
 
 
 def build_prompt(task: Task, instance_input: str, num_pos: int = 0) -> PromptParts:

@@ -3,7 +3,7 @@
 ``load_tasks(cfg, "train")`` returns the built-in suite or an SNI split (capped by the config);
 ``split_validation`` carves validation tasks from the *training* tasks (model selection never looks at
 test tasks); ``task_examples`` turns a task's instances into
-:class:`~tagi.backbones.base.PromptExample` s in the Tk-Instruct format with ``num_pos`` positive examples.
+:class:`~tagi.examples.PromptExample` s in the Tk-Instruct format with ``num_pos`` positive examples.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from tagi.backbones.base import PromptExample
 from tagi.config import DataConfig
 from tagi.data.builtin import builtin_tasks
 from tagi.data.prompts import format_instruction, format_source
 from tagi.data.sni import DataError, Task, load_split
+from tagi.examples import PromptExample
 
 
 def load_tasks(cfg: DataConfig, split: str) -> list[Task]:

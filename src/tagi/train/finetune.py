@@ -168,10 +168,7 @@ def student_forward(
         logits, labels, _, weights = model(batch, instructions, cache)
         return logits, labels, weights
     weights = model.adapters(hyper, cache)
-    fuse_states = None
-    if batch.fuse_ids is not None:
-        fuse_states, batch.fuse_mask = cache.get(model.bb, instructions)
-    logits, labels, _ = model.bb.forward(batch, weights, fuse_states=fuse_states)
+    logits, labels, _ = model.bb.forward(batch, weights, model.fuse_states(batch, instructions, cache))
     return logits, labels, weights
 
 
