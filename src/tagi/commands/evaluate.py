@@ -17,7 +17,7 @@ from tagi.backbones import load_backbone
 from tagi.config import ExperimentConfig, apply_overrides, from_dict, load_config
 from tagi.evaluate.harness import run_evaluation
 from tagi.evaluate.report import headline_table, paired_table
-from tagi.train import stages
+from tagi.pipeline import planned_stages
 
 log = logging.getLogger("tagi.evaluate")
 
@@ -146,16 +146,7 @@ def demo(out: str = "runs/demo", sni_dir: str = "", overrides: list[str] | None 
     start = time.perf_counter()
     print(f"tagi demo: {cfg.model.name} on {cfg.data.source} tasks -> {cfg.out_dir}")
     backbone = load_backbone(cfg.model)
-    steps = [
-        ("teachers", stages.run_teachers),
-        ("pretrain", stages.run_pretrain),
-        ("finetune", stages.run_finetune),
-    ]
-    for name, run in steps:
-        if (name == "pretrain" and not cfg.pretrain.enabled) or (
-            name == "teachers" and not stages.needs_teachers(cfg)
-        ):
-            continue
+    for name, run in planned_stages(cfg):
         t0 = time.perf_counter()
         print(f"[{name}]", flush=True)
         run(cfg, backbone)

@@ -3,8 +3,8 @@
 ``run_evaluation(cfg)`` writes ``<out_dir>/eval/``: ``results.json``, ``predictions.jsonl``,
 ``report.md`` and plots (see :mod:`tagi.evaluate.report`). For each method it
 
-1. prepares the adapter source, training what is missing with the training stages' runners (each skips
-   when its ``DONE.json`` exists): the main run (teachers → pretraining → finetuning), the finetuning of a
+1. prepares the adapter source, training what is missing through :class:`tagi.pipeline.Pipeline` (each
+   stage skips when its ``DONE.json`` exists): the main run (teachers → pretraining → finetuning), the finetuning of a
    training variant into ``<out_dir>/methods/<name>/``, the multi-task LoRA
    (``methods/multitask-lora/``) or one oracle LoRA per test task (``methods/oracle/<task>/``);
 2. for each prompt setting (``Def``, ``Def+2Pos``) and test task, builds the task's instruction under the
@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import statistics
 import time
 from collections import Counter
@@ -49,7 +48,7 @@ from tagi.backbones.base import IGNORE, PromptMode
 from tagi.config import ConfigError, EvalConfig, ExperimentConfig, to_dict
 from tagi.data.options import from_sni_task
 from tagi.data.prompts import format_source
-from tagi.data.select import load_tasks, split_validation, task_examples
+from tagi.data.select import load_tasks
 from tagi.data.sni import DataError, Task
 from tagi.evaluate import report
 from tagi.evaluate.compare import adapter_spread, paired_comparisons
@@ -68,6 +67,7 @@ from tagi.evaluate.ranking import rank_classify
 from tagi.files import file_sha256, package_versions, write_json
 from tagi.lora import LoraWeights
 from tagi.model import TagiModel, read_checkpoint_config
+from tagi.pipeline import Pipeline
 
 log = logging.getLogger("tagi.evaluate")
 PARTS_FORMAT = 2  # 2: records carry prompt_tokens and max_new_tokens
@@ -99,109 +99,6 @@ class Prepared:
 # ---------------------------------------------------------------------------------------- preparation
 
 
-class Pipeline:
-    """Runs (or skips) the training a method needs; every stage is resumable and skips when done."""
-
-    def __init__(self, cfg: ExperimentConfig, backbone: Backbone) -> None:
-        self.cfg, self.backbone = cfg, backbone
-        self.out = Path(cfg.out_dir)
-
-    def checkpoint(self, spec: MethodSpec, variant: ExperimentConfig) -> Path:
-        """``final`` checkpoint of the spec's training variant (the main run's when their finetuning agree).
-
-        Teachers are trained first when the variant's loss uses them, pretraining when it starts from the
-        pretrained hypernetwork; both are the main run's (shared by every variant).
-        """
-        from tagi.train import stages
-
-        ft = variant.finetune
-        if ft.loss.kl > 0 or ft.loss.align > 0:
-            stages.run_teachers(self.cfg, self.backbone)
-        pretrained = ft.use_pretrained and self.cfg.pretrain.enabled
-        if pretrained:
-            stages.run_pretrain(self.cfg, self.backbone)
-        same = to_dict(ft) == to_dict(self.cfg.finetune) and to_dict(variant.hyper) == to_dict(self.cfg.hyper)
-        if not spec.variant or same:
-            return stages.run_finetune(self.cfg, self.backbone) / "final"
-        folder = stages.run_finetune(
-            variant,
-            self.backbone,
-            out_dir=self.out / "methods" / spec.name,
-            teachers_dir=self.out / "teachers",
-            init_ckpt=self.out / "pretrain" / "final" if pretrained else None,
-            teacher_cache_dir=self.out / "finetune" / "teacher_cache",  # shared: same teachers and data
-        )
-        return folder / "final"
-
-    def lora(
-        self, folder: Path, examples: list[PromptExample], steps: int, desc: str
-    ) -> tuple[LoraWeights, str]:
-        """Train (once) a LoRA on ``examples`` with the teachers' settings into ``folder/adapter``.
-
-        A finished folder (``DONE.json``) is reused; if it was trained with other settings a warning says
-        so (delete the folder to retrain), as the training stages do.
-        """
-        from tagi.train.teachers import fit_lora
-
-        cfg, adapter_dir = self.cfg, folder / "adapter"
-        train = dataclasses.replace(cfg.teachers.train, max_steps=steps)
-        fingerprint = {"model": to_dict(cfg.model), "data": to_dict(cfg.data), "seed": cfg.seed,
-                       "rank": cfg.teachers.rank, "alpha": cfg.teachers.alpha, "train": to_dict(train),
-                       "examples": len(examples)}  # fmt: skip
-        done_path = folder / "DONE.json"
-        if done_path.is_file():
-            if json.loads(done_path.read_text()).get("fingerprint") != fingerprint:
-                log.warning(
-                    "%s: %s was trained with other settings; reusing it (delete it to retrain)", desc, folder
-                )
-        else:
-            shutil.rmtree(adapter_dir, ignore_errors=True)  # leftovers of an interrupted run
-            start = time.perf_counter()
-            _, res = fit_lora(self.backbone, examples, cfg.teachers.rank, cfg.teachers.alpha, train,
-                              adapter_dir, mode="concat", seed=cfg.seed, desc=desc)  # fmt: skip
-            stats = {
-                k: v for k, v in res.to_dict().items() if k in ("tokens", "tokens_per_s", "peak_memory_mb")
-            }
-            done = {"wall_time_s": round(time.perf_counter() - start, 3), "examples": len(examples), **stats}
-            write_json(done_path, done | {"steps": steps, "fingerprint": fingerprint})
-        weights, _, _ = load_adapter(adapter_dir)
-        return weights, file_sha256(adapter_dir / ADAPTER_WEIGHTS)
-
-    def multitask(self) -> tuple[LoraWeights, str, dict]:
-        cfg = self.cfg
-        tasks, _ = split_validation(load_tasks(cfg.data, "train"), cfg.data.validation_tasks, cfg.data.seed)
-        examples = [
-            e for t in tasks for e in task_examples(t, cfg.teachers.num_pos, cfg.data.max_train_instances)
-        ]
-        steps = cfg.evaluate.multitask_steps or cfg.finetune.train.max_steps
-        folder = self.out / "methods" / "multitask-lora"
-        weights, sha = self.lora(folder, examples, steps, "multitask-lora")
-        return weights, sha, {"folder": str(folder), "train_tasks": len(tasks), "steps": steps}
-
-    def oracles(self, tasks: list[Task]) -> tuple[dict[str, LoraWeights], str, dict]:
-        """One LoRA per test task, on instances beyond the evaluated ones (else on the evaluated ones)."""
-        cfg = self.cfg
-        extra = cfg.evaluate.oracle_instances
-        wide = dataclasses.replace(
-            cfg.data,
-            max_test_instances=cfg.data.max_test_instances + extra,
-            builtin_instances=cfg.data.builtin_instances + extra,
-        )
-        more = {t.name: t for t in load_tasks(wide, "test")}
-        steps = cfg.evaluate.oracle_steps or cfg.teachers.train.max_steps
-        weights, shas, data = {}, [], {}
-        for task in tqdm(tasks, desc="oracle LoRAs", unit="task", leave=False):
-            seen = {i.id for i in task.instances}
-            train = [i for i in more[task.name].instances if i.id not in seen][:extra]
-            data[task.name] = f"{len(train)} unseen instances" if train else "the evaluated instances"
-            source = dataclasses.replace(task, instances=tuple(train) or task.instances)
-            examples = task_examples(source, cfg.teachers.num_pos)
-            folder = self.out / "methods" / "oracle" / task.name
-            weights[task.name], sha = self.lora(folder, examples, steps, f"oracle {task.name}")
-            shas.append(sha)
-        return weights, ",".join(shas), {"steps": steps, "trained_on": data}
-
-
 def prepare(spec: MethodSpec, pipe: Pipeline, tasks: list[Task]) -> Prepared:
     """Train or load what ``spec`` needs; a variant whose config cannot be built is marked unavailable."""
     if spec.adapter == "none":
@@ -222,7 +119,7 @@ def prepare(spec: MethodSpec, pipe: Pipeline, tasks: list[Task]) -> Prepared:
         reason = f"its training variant ({', '.join(spec.train_overrides)}) does not apply: {e}"
         log.warning("method %s is unavailable: %s", spec.name, reason)
         return Prepared(spec, unavailable=reason)
-    ckpt = Path(spec.path) if spec.path else pipe.checkpoint(spec, variant)
+    ckpt = Path(spec.path) if spec.path else pipe.checkpoint(spec.variant, variant)
     model = TagiModel.load(ckpt, backbone=pipe.backbone)
     model.eval()
     sha = str(read_checkpoint_config(ckpt).get("sha256", ""))
