@@ -126,3 +126,29 @@ def test_sweep_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert not (tmp_path / "run").exists()  # nothing was trained or written
+
+
+def test_rougeL_sweep_ranks_by_decoded_validation_and_caches_it(tmp_path, capsys):
+    """--metric rougeL: every point gets the decoded Rouge-L of the held-out training tasks per setting, the
+    highest mean wins, and a rerun reads the stored scores instead of decoding again."""
+    base = [str(CONFIGS / "tiny.yaml"), f"out_dir={tmp_path / 'run'}", "data.max_train_tasks=4",
+            "data.builtin_instances=8", "data.validation_tasks=2", "teachers.train.max_steps=2",
+            "pretrain.train.max_steps=2", "finetune.train.max_steps=4"]  # fmt: skip
+    args = ["sweep", *base, "--metric", "rougeL", "--grid", "finetune.train.lr=0.003,1e-8"]
+    assert main(args) == 0
+    record = json.loads((tmp_path / "run" / "sweep" / "sweep.json").read_text())
+    assert record["metric"] == "rougeL" and record["select"].startswith("highest mean decoded")
+    for r in record["latest"]:
+        decoded = {k: v for k, v in r["validation"].items() if k.startswith("val_rougeL")}
+        assert set(decoded) == {"val_rougeL_pos0", "val_rougeL_pos2"}
+        assert all(0.0 <= v <= 100.0 for v in decoded.values())
+        assert r["score"] == pytest.approx(sum(decoded.values()) / 2)
+        assert "val_ce_pos0" in r["validation"]  # CE is still recorded
+    assert record["best"]["score"] == max(r["score"] for r in record["latest"])
+    caches = [Path(r["folder"]) / "validation_decoded.json" for r in record["latest"]]
+    stamps = [c.stat().st_mtime_ns for c in caches]
+    assert main(args) == 0
+    assert [c.stat().st_mtime_ns for c in caches] == stamps  # read back, not decoded again
+    capsys.readouterr()
+    assert main(["sweep", *base, "--metric", "bleu", "--grid", "finetune.train.lr=1e-3"]) == 2
+    assert "unknown sweep metric 'bleu'" in capsys.readouterr().err

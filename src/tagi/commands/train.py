@@ -11,6 +11,7 @@ import logging
 
 from tagi.config import load_config
 from tagi.evaluate.harness import run_evaluation
+from tagi.evaluate.validation import decoded_validation
 from tagi.train import dist, stages
 from tagi.train.sweep import format_table, run_sweep
 
@@ -69,17 +70,18 @@ def finetune(
     return _stage(stages.run_finetune, "finetune", config, overrides, resume, force)
 
 
-def sweep(config: str, grid: list[str], overrides: list[str] | None = None) -> int:
+def sweep(config: str, grid: list[str], overrides: list[str] | None = None, metric: str = "ce") -> int:
     """Choose finetuning settings on the held-out training tasks: one finetuning per grid point, ranked by
-    validation CE (test tasks are not read). Results: <out_dir>/sweep/sweep.json and a printed table.
+    a validation metric (test tasks are not read). Results: <out_dir>/sweep/sweep.json and a printed table.
 
     Args:
         config: YAML config file (its out_dir's teachers and pretraining are reused, or trained first)
         grid: axes key=v1,v2,... over finetune.* keys, e.g. --grid finetune.train.lr=3e-4,1e-3,3e-3
         overrides: key=value config overrides applied to every point (give them before --grid)
+        metric: ce (teacher-forced validation CE, lowest wins) or rougeL (decoded validation Rouge-L, highest wins)
     """
     try:
-        record = run_sweep(load_config(config, overrides), grid)
+        record = run_sweep(load_config(config, overrides), grid, metric=metric, decode=decoded_validation)
     finally:
         dist.cleanup()
     print(format_table(record["latest"], record["best"]))

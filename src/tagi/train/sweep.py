@@ -2,13 +2,17 @@
 
 A sweep finetunes one hypernetwork per point of a grid over ``finetune.*`` keys, each from the run's own
 pretraining and teachers (the stages are run first if missing, and skipped when done), and ranks the points
-by their validation CE:
+by a validation metric (``metric``), never reading the test tasks:
 
-    score(point) = mean over s in finetune.student_num_pos of  CE_val(point, s)
-
-where ``CE_val(point, s)`` is the token-mean student cross-entropy on the ``data.validation_tasks`` training
-tasks held out from finetuning, with ``s`` positive examples in the prompt (what ``tagi finetune`` logs as
-``val_ce_pos<s>``). Lower is better; the test tasks are not read.
+- ``ce`` (default): ``score(point) = mean over s in finetune.student_num_pos of CE_val(point, s)``, the
+  token-mean teacher-forced student cross-entropy on the ``data.validation_tasks`` training tasks held out
+  from finetuning, with ``s`` positive examples in the prompt (``val_ce_pos<s>`` in the finetuning's log).
+  Lower is better.
+- ``rougeL``: the mean over the same prompt settings of the *decoded* Rouge-L on the validation tasks
+  (greedy, the evaluation's prompt and decoding budget; ``val_rougeL_pos<s>``), i.e. what the report
+  measures. Higher is better. The decoding is given by the caller (``decode``: ``tagi sweep --metric
+  rougeL`` passes :func:`tagi.evaluate.validation.decoded_validation`), so training code does not depend
+  on the evaluation package.
 
 A grid axis is ``key=v1,v2,...`` (values are YAML scalars or lists; commas inside ``[...]`` belong to the
 value); the points are the Cartesian product of the axes. Layout under ``<out_dir>``:
@@ -32,7 +36,7 @@ import json
 import logging
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +121,12 @@ def point_folder(cfg: ExperimentConfig, point: ExperimentConfig, overrides: Sequ
     return root / f"{label}-{digest}"
 
 
+METRICS = {"ce": "lowest mean validation CE", "rougeL": "highest mean decoded validation Rouge-L"}
+Decode = Callable[[ExperimentConfig, Path, Backbone], dict[str, float]]
+
+
 def score(validation: dict[str, float]) -> float:
-    """Mean validation CE over the prompt settings (lower is better)."""
+    """Mean of the validation values over the prompt settings."""
     return sum(validation.values()) / len(validation)
 
 
@@ -138,7 +146,7 @@ def _finetune_point(cfg: ExperimentConfig, point: ExperimentConfig, folder: Path
     )  # fmt: skip
 
 
-def _row(overrides: Sequence[str], folder: Path) -> dict[str, Any]:
+def _row(overrides: Sequence[str], folder: Path, decoded: dict[str, float] | None = None) -> dict[str, Any]:
     done = read_done(folder)
     val = done.get("validation") or {}
     if not val:
@@ -146,18 +154,29 @@ def _row(overrides: Sequence[str], folder: Path) -> dict[str, Any]:
     return {
         "overrides": list(overrides),
         "folder": str(folder),
-        "validation": val,
-        "score": score(val),
+        "validation": val | (decoded or {}),
+        "score": score(decoded) if decoded else score(val),
         "steps": done.get("steps"),
         "wall_time_s": done.get("wall_time_s"),
         "train_loss_last": (done.get("losses") or {}).get("last", {}),
     }
 
 
-def run_sweep(cfg: ExperimentConfig, grid: Sequence[str], backbone: Backbone | None = None) -> dict[str, Any]:
-    """Finetune every grid point (finished points are reused) and rank them; returns the sweep record."""
+def run_sweep(
+    cfg: ExperimentConfig,
+    grid: Sequence[str],
+    backbone: Backbone | None = None,
+    metric: str = "ce",
+    decode: Decode | None = None,
+) -> dict[str, Any]:
+    """Finetune every grid point (finished points are reused) and rank them by ``metric``; returns the sweep
+    record. ``metric="rougeL"`` needs ``decode`` (see the module docstring)."""
     if cfg.data.validation_tasks <= 0:
-        raise ConfigError("a sweep ranks points by validation CE: set data.validation_tasks > 0")
+        raise ConfigError("a sweep ranks points on the validation split: set data.validation_tasks > 0")
+    if metric not in METRICS:
+        raise ConfigError(f"unknown sweep metric '{metric}' (known: {', '.join(METRICS)})")
+    if metric == "rougeL" and decode is None:
+        raise ConfigError("the rougeL sweep metric needs a decoder of the validation tasks")
     axes = parse_axes(grid)
     points = [(o, point_config(cfg, o)) for o in grid_points(axes)]  # validate every point before training
     bb = stages.get_backbone(cfg, backbone)
@@ -169,12 +188,15 @@ def run_sweep(cfg: ExperimentConfig, grid: Sequence[str], backbone: Backbone | N
     for i, (overrides, point) in enumerate(points, 1):
         folder = point_folder(cfg, point, overrides)
         log.info("sweep: point %d/%d %s -> %s", i, len(points), " ".join(overrides), folder)
-        rows.append(_row(overrides, _finetune_point(cfg, point, folder, bb)))
-    best = min(rows, key=lambda r: r["score"])
+        folder = _finetune_point(cfg, point, folder, bb)
+        decoded = decode(point, folder, bb) if metric == "rougeL" else None
+        rows.append(_row(overrides, folder, decoded))
+    best = (min if metric == "ce" else max)(rows, key=lambda r: r["score"])
     path = Path(cfg.out_dir) / "sweep" / RESULTS
     old = json.loads(path.read_text()) if path.is_file() else {}
     record = {
-        "select": "lowest mean validation CE over finetune.student_num_pos (held-out training tasks)",
+        "select": f"{METRICS[metric]} over finetune.student_num_pos (held-out training tasks)",
+        "metric": metric,
         "grid": list(grid),
         "best": best,
         "points": {**old.get("points", {}), **{Path(r["folder"]).name: r for r in rows}},
