@@ -24,10 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-try:  # the refactor (issue 16) exports Adapter from the package; older trees have it in tagi.generate
-    from tagi import Adapter
-except ImportError:  # pragma: no cover - depends on the tree's age
-    from tagi.generate import Adapter
+from tagi import Adapter
 
 ID_HEX = 32
 
