@@ -33,7 +33,7 @@ from tagi.backbones.base import pad_left
 from tagi.config import DataConfig, load_config
 from tagi.data import format_instruction, format_source
 from tagi.data.select import load_tasks
-from tagi.evaluate.harness import new_token_budget
+from tagi.evaluate.decoding import new_token_budget
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -68,7 +68,7 @@ def decode_score(model, tasks, adapters_from: dict[str, str], mode: str) -> floa
     """Mean Rouge-L over the tasks' first instances at Def; ``adapters_from[task]`` is what the
     hypernetwork reads, the prompt holds the task's own instruction (``mode="fuse"``) or none."""
     from tagi.data.select import task_examples
-    from tagi.evaluate.harness import new_token_budget
+    from tagi.evaluate.decoding import new_token_budget
     from tagi.evaluate.metrics import score_records
 
     records = []

@@ -84,7 +84,7 @@ def test_floors_answer_from_the_demonstrations_and_records_say_what_the_model_re
     """copy-demo / majority read no model; every other record carries its prompt length and budget."""
     out, backbone, results = llama_run
     from tagi.data.select import load_tasks
-    from tagi.evaluate.harness import demo_answer, new_token_budget
+    from tagi.evaluate.decoding import demo_answer, new_token_budget
 
     cfg = tiny_config(out)
     tasks = {t.name: t for t in load_tasks(cfg.data, "test")}
@@ -106,7 +106,7 @@ def test_floors_answer_from_the_demonstrations_and_records_say_what_the_model_re
 
 def test_demo_answer_majority_breaks_ties_by_order() -> None:
     from tagi.data.sni import Example, Task
-    from tagi.evaluate.harness import demo_answer
+    from tagi.evaluate.decoding import demo_answer
 
     def task(*outs: str) -> Task:
         return Task("t", "d", tuple(Example("x", o) for o in outs), ())
@@ -208,7 +208,7 @@ def test_rank_classification_section(llama_run, tmp_path: Path) -> None:
 
 def test_token_budget_comes_from_the_positive_examples(backbone) -> None:
     from tagi.data.sni import Example, Instance, Task
-    from tagi.evaluate.harness import new_token_budget
+    from tagi.evaluate.decoding import new_token_budget
 
     bb = backbone
     outs = ("a b c", "a b c d e f g h")
@@ -223,7 +223,7 @@ def test_token_budget_comes_from_the_positive_examples(backbone) -> None:
 
 
 def test_generation_uses_each_tasks_budget(llama_run, tmp_path: Path, monkeypatch) -> None:
-    from tagi.evaluate.harness import new_token_budget
+    from tagi.evaluate.decoding import new_token_budget
 
     src, backbone, _ = llama_run
     out = copy_run(src, tmp_path / "budget")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tagi.evaluate.p3 import P3_HELDOUT, p3_average, p3_table
-from tagi.evaluate.report import p3_section
+from tagi.evaluate.tables import p3_section
 
 
 def rank(**acc_n):

@@ -26,6 +26,7 @@ for instance ``i``, taken as its reference length + EOS so that every method is 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,9 +36,13 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from tagi.backbones.base import Backbone, PromptExample
+from tagi.config import ExperimentConfig
 from tagi.data.prompts import format_instruction, format_source
+from tagi.data.select import load_tasks
 from tagi.data.sni import Task
+from tagi.evaluate.methods import setting_name
 from tagi.hypernet import HyperNetwork
+from tagi.model import TagiModel
 
 _T5_CROSS_KV = re.compile(r"^decoder\..*\.EncDecAttention\.[kv]$")
 
@@ -209,8 +214,6 @@ def flops_table(
 ) -> dict:
     """FLOPs per task (mean over ``tasks``) of every scenario, relative to in-context naive prompting
     at the largest prompt setting (``Def+2Pos`` by default)."""
-    from tagi.evaluate.methods import setting_name
-
     base, lora = FlopModel.of(backbone), FlopModel.of(backbone, hypernet.cfg.rank)
     totals: dict[tuple[str, int], int] = {}
     for k in sorted(settings):
@@ -228,10 +231,14 @@ def flops_table(
     ref_k = max(settings)
     ref = totals[("in-context, naive", ref_k)]
     scenarios = [
-        {"scenario": name, "setting": setting_name(k), "gflops_per_task": f / len(tasks) / 1e9,
-         "relative": f / ref}
+        {
+            "scenario": name,
+            "setting": setting_name(k),
+            "gflops_per_task": f / len(tasks) / 1e9,
+            "relative": f / ref,
+        }
         for (name, k), f in totals.items()
-    ]  # fmt: skip
+    ]
     return {
         "instances_per_task": instances,
         "baseline": f"in-context, naive ({setting_name(ref_k)})",
@@ -264,3 +271,15 @@ def check_flops(backbone: Backbone, enc: int = 12, dec: int = 5) -> dict:
         "flop_counter": measured,
         "relative_error": abs(analytic - measured) / measured,
     }
+
+
+def measure_efficiency(cfg: ExperimentConfig, backbone: Backbone, tasks: list[Task]) -> dict:
+    """The FLOPs table on the test tasks (with ``evaluate.efficiency_instances`` instances each)."""
+    n = cfg.evaluate.efficiency_instances
+    wide = dataclasses.replace(
+        cfg.data, max_test_instances=n, builtin_instances=max(n, cfg.data.builtin_instances)
+    )
+    names = {t.name for t in tasks}
+    eff_tasks = [t for t in load_tasks(wide, "test") if t.name in names]
+    hypernet = TagiModel(backbone, cfg.hyper).hypernet  # FLOPs depend on the shapes only
+    return flops_table(backbone, eff_tasks, cfg.evaluate.prompt_settings, hypernet, n)

@@ -23,7 +23,7 @@ from tagi.backbones import Backbone
 from tagi.config import ExperimentConfig
 from tagi.data import format_instruction
 from tagi.data.select import load_tasks, split_validation, task_examples
-from tagi.evaluate.harness import new_token_budget
+from tagi.evaluate.decoding import new_token_budget
 from tagi.evaluate.metrics import score_records
 from tagi.files import write_json
 from tagi.model import TagiModel, read_checkpoint_config

@@ -1,0 +1,81 @@
+"""The per-method cache of an evaluation: ``<report_dir>/parts/<method>.json``.
+
+A finished method's records are stored under a fingerprint of everything that determines its predictions
+(the method spec and prompt mode, checksums of its weights, the ``model`` and ``data`` sections, the seed,
+the evaluation settings that change outputs, the test tasks and their sizes), so a rerun only evaluates
+what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from tagi.backbones import Backbone
+from tagi.config import ExperimentConfig, to_dict
+from tagi.data.sni import Task
+from tagi.evaluate.decoding import evaluate_setting, task_jobs
+from tagi.evaluate.methods import setting_name
+from tagi.evaluate.prepare import Prepared
+from tagi.files import write_json
+
+PARTS_FORMAT = 2  # 2: records carry prompt_tokens and max_new_tokens
+OUTPUT_SETTINGS = ("batching", "batch_size", "rank_classification", "new_tokens_from_examples")
+
+
+def fingerprint(prep: Prepared, cfg: ExperimentConfig, tasks: list[Task]) -> str:
+    """sha256 of what determines a method's predictions (its part is reused while this is unchanged)."""
+    ev = to_dict(cfg.evaluate)
+    key = {
+        "format": PARTS_FORMAT,
+        "spec": prep.spec.describe(),
+        "mode": prep.mode,
+        "identity": prep.identity,
+        "model": to_dict(cfg.model),
+        "data": to_dict(cfg.data),
+        "seed": cfg.seed,
+        "evaluate": {k: ev[k] for k in OUTPUT_SETTINGS},
+        "tasks": [[t.name, len(t.instances)] for t in tasks],
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def evaluate_method(
+    prep: Prepared,
+    cfg: ExperimentConfig,
+    backbone: Backbone,
+    tasks: list[Task],
+    parts: Path,
+    other: dict[str, str] | None,
+    bar: tqdm | None = None,
+    budget: dict[str, int] | None = None,
+) -> tuple[dict, float, bool]:
+    """``({setting: {"records", "timing", "rank"}}, seconds, cached)`` for one method.
+
+    A part cached by an earlier run with the same fingerprint is reused (``cached=True``; ``seconds`` is
+    then the wall time recorded when it was computed). ``budget`` maps a task to its decoding budget
+    (:func:`~tagi.evaluate.decoding.new_token_budget`; missing = ``model.max_target_tokens``).
+    """
+    budget = budget or {}
+    path = parts / f"{prep.spec.name.replace('/', '_').replace(':', '_')}.json"
+    fp = fingerprint(prep, cfg, tasks)
+    settings = [setting_name(k) for k in cfg.evaluate.prompt_settings]
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("fingerprint") == fp and all(s in cached["settings"] for s in settings):
+            if bar is not None:
+                bar.update(len(tasks) * len(settings))
+            return {s: cached["settings"][s] for s in settings}, float(cached.get("seconds", 0.0)), True
+    start, out = time.perf_counter(), {}
+    for k in cfg.evaluate.prompt_settings:
+        if bar is not None:
+            bar.set_postfix_str(f"{prep.spec.name} {setting_name(k)}")
+        jobs = task_jobs(prep, tasks, k, other, budget)
+        out[setting_name(k)] = evaluate_setting(prep, cfg, backbone, jobs, bar)
+    seconds = time.perf_counter() - start
+    write_json(path, {"fingerprint": fp, "seconds": seconds, "settings": out})
+    return out, seconds, False
