@@ -1,10 +1,15 @@
-"""Crash safety of every training stage: SIGKILL at seeded random moments, resume, same final weights.
+"""Crash safety of every training stage: SIGKILL at seeded random points of the run's progress, resume,
+same final weights.
 
-For each stage (teachers, pretrain, finetune) the stage runs as ``python -m tagi.cli <stage> --resume`` in a
-child process and is killed with SIGKILL ``KILLS`` times: each time after at least one new checkpoint since
-the previous start, plus a seeded random delay (so kills land mid-step, mid-save, mid-teacher-cache, ...).
-A final in-process resume finishes the stage; its weights must equal an uninterrupted run's bit for bit
-(CPU, one thread). While a child is alive the stage folder is polled: every file under a final name (not a
+For each stage (teachers, pretrain, finetune) the stage runs as ``tagi <stage> --resume`` in a child
+process (``crash_child.py``) that sends itself SIGKILL at a planned point of its own progress — counted in
+calls made by the training code and the file-writing modules, not in seconds (see crash_child), so the
+test kills the same number of times at the same places on a fast idle machine and on a slow loaded one.
+``KILLS`` processes die in turn: the first during start-up or its first step (while the teacher cache is
+written, ...), then alternately somewhere in a step and inside the save of a checkpoint, at seeded random
+points (``TAGI_CRASH_SEED`` picks others). A final in-process resume finishes the stage; its weights must
+equal an uninterrupted run's bit for bit (CPU, one thread). While a child is alive the stage folder is
+polled, and after each kill it is checked as the kill left it: every file under a final name (not a
 dot-prefixed temporary) must be complete — JSON parses, safetensors and ``torch.save`` files load — and a
 ``final/`` checkpoint passes its checksum.
 """
@@ -24,6 +29,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from crash_child import Progress
 from safetensors.torch import load_file
 from train_helpers import CONFIGS, ROOT, SMALL, subprocess_env, tiny_config
 
@@ -44,6 +50,9 @@ STEPS = {
     ],
 }
 COMMAND = {"teachers": "train-teachers", "pretrain": "pretrain", "finetune": "finetune"}
+RUNNERS = {"teachers": run_teachers, "pretrain": run_pretrain, "finetune": run_finetune}
+CHILD = Path(__file__).with_name("crash_child.py")
+HANG = 600  # seconds: a process still alive after this is hung (a run takes seconds)
 
 
 def _read(path: Path, load: Callable[[Path], object]) -> None:
@@ -104,63 +113,74 @@ def check_visible_files(stage_dir: Path, backbone, seen: set) -> int:
     return checked
 
 
-def progress(stage: str, stage_dir: Path) -> int:
-    """Checkpointed optimiser steps of the stage so far (teachers: summed over finished + current teacher)."""
+def plans(rng: random.Random, startup_file_ops: list[tuple[int, str]]) -> list[dict]:
+    """The kill points of one stage (see crash_child): in start-up, then alternately mid-step and mid-save.
 
-    def step(trainer: Path) -> int:
-        try:
-            return int(json.loads(trainer.read_text())["step"])
-        except FileNotFoundError:
-            return 0
+    The first process dies just before one of the file operations an uninterrupted run makes before its
+    first checkpoint (``startup_file_ops``: the teacher cache, the log, the first state, ...). Each process
+    commits at most ``k + 1 <= 4`` checkpoints before its kill (the first at most 1), so the ``KILLS`` kills
+    need at most ``1 + 4 * (KILLS - 1) = 17`` of the stage's checkpoints: every stage has more (STEPS).
+    """
+    event, where = rng.choice(startup_file_ops)
+    out = [{"kind": "start", "events": event, "expect": where}]
+    for i in range(1, KILLS):
+        out.append({"kind": ("step", "save")[i % 2], "ckpts": rng.choice((2, 3)), "fraction": rng.random()})
+    return out
 
-    if stage != "teachers":
-        return step(stage_dir / "state" / "trainer.json")
-    finished = sum(1 for p in stage_dir.glob("*/tagi.json"))
-    current = [p for p in stage_dir.glob("state/*/trainer.json") if not p.parent.name.startswith(".")]
-    return 1000 * finished + sum(step(p) for p in current)  # (pathlib's * also matches .temporaries)
 
+def kill_repeatedly(
+    stage: str, out: Path, backbone, plan_list: list[dict], logs: Path
+) -> tuple[list[str], int]:
+    """Run the stage once per plan, each process killed by crash_child at its planned point.
 
-def kill_repeatedly(stage: str, out: Path, backbone, rng: random.Random) -> tuple[int, int]:
-    """Start the stage, SIGKILL it at random moments ``KILLS`` times; returns (kills, files checked)."""
+    Returns where each kill landed (crash_child's line) and how many files were checked: while a process runs
+    (polled) and after it died (the files exactly as the kill left them).
+    """
     stage_dir = out / stage
-    cmd = [sys.executable, "-m", "tagi.cli", COMMAND[stage], str(CONFIGS / "tiny.yaml"), f"out_dir={out}"]
-    cmd += [*SMALL, *STEPS[stage], "--resume"]
-    kills = checked = 0
-    seen: set = set()
-    while kills < KILLS:
-        start = progress(stage, stage_dir)
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        deadline, kill_at, wait_ckpts = time.monotonic() + 120, None, rng.randint(1, 2)
+    base = [*SMALL, *STEPS[stage], "--resume"]
+    where, checked, seen = [], 0, set()
+    for i, plan in enumerate(plan_list):
+        cmd = [sys.executable, str(CHILD), json.dumps(plan), COMMAND[stage], str(CONFIGS / "tiny.yaml")]
+        err_path = logs / f"{stage}-{i}.stderr"
+        with err_path.open("w") as err:
+            proc = subprocess.Popen(
+                [*cmd, f"out_dir={out}", *base],
+                cwd=ROOT,
+                env=subprocess_env(),
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        deadline = time.monotonic() + HANG  # turns a hang into a failure; never decides where the kill lands
         while proc.poll() is None:
             checked += check_visible_files(stage_dir, backbone, seen) if stage_dir.exists() else 0
-            if kill_at is None and progress(stage, stage_dir) >= start + wait_ckpts:
-                kill_at = time.monotonic() + rng.uniform(0.0, 0.05)
-            if kill_at is not None and time.monotonic() >= kill_at:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                break
-            assert time.monotonic() < deadline, "the stage made no progress"
-            time.sleep(0.03)
-        err = proc.stderr.read().decode()
-        proc.stderr.close()
-        if proc.returncode == -signal.SIGKILL:
-            kills += 1
-        else:
-            assert proc.returncode == 0, err[-2000:]
-            break  # finished before the planned kill: the caller asserts enough kills happened
-    return kills, checked
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"{stage}: process {i} still running after {HANG} s (plan {plan})")
+            time.sleep(0.02)
+        checked += check_visible_files(stage_dir, backbone, seen) if stage_dir.exists() else 0
+        lines = err_path.read_text().splitlines()
+        killed = [x for x in lines if x.startswith("crash_child: SIGKILL")]
+        assert proc.returncode == -signal.SIGKILL and killed, (plan, proc.returncode, "\n".join(lines[-30:]))
+        expected = f" [planned from the uninterrupted run: {plan['expect']}]" if "expect" in plan else ""
+        where.append(killed[-1].removeprefix("crash_child: ") + expected)
+    return where, checked
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory) -> Path:
-    """The uninterrupted reference run of all three stages."""
+def straight(tmp_path_factory) -> tuple[Path, dict[str, list[tuple[int, str]]]]:
+    """The uninterrupted reference run of all three stages, and each stage's file operations (as events)
+    before its first checkpoint."""
     out = tmp_path_factory.mktemp("straight")
-    run_teachers(tiny_config(out, *STEPS["teachers"]))
-    run_pretrain(tiny_config(out, *STEPS["pretrain"]))
-    run_finetune(tiny_config(out, *STEPS["finetune"]))
-    return out
+    startup_file_ops = {}
+    for stage, runner in RUNNERS.items():
+        progress, previous = Progress(), sys.getprofile()
+        sys.setprofile(progress)
+        try:
+            runner(tiny_config(out, *STEPS[stage]))
+        finally:
+            sys.setprofile(previous)
+        startup_file_ops[stage] = progress.startup_file_ops
+    return out, startup_file_ops
 
 
 def _weights(stage_dir: Path) -> dict[str, torch.Tensor]:
@@ -171,22 +191,22 @@ def _weights(stage_dir: Path) -> dict[str, torch.Tensor]:
     return {f"{f.parent.name}/{k}": v for f in files for k, v in load_file(f).items()}
 
 
-@pytest.mark.parametrize("stage", ["teachers", "pretrain", "finetune"])
+@pytest.mark.parametrize("stage", list(RUNNERS))
 def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(stage, straight, tmp_path):
+    reference, startup_file_ops = straight
     out = tmp_path / "killed"
     if stage == "finetune":  # the same teachers as the reference run
-        shutil.copytree(straight / "teachers", out / "teachers")
-    rng = random.Random(f"crash-{stage}")
-    kills, checked = kill_repeatedly(stage, out, load_backbone(tiny_config(out).model), rng)
-    assert kills >= KILLS, f"the {stage} run finished after {kills} kills; lengthen it"
-    assert checked > 0
+        shutil.copytree(reference / "teachers", out / "teachers")
+    rng = random.Random(f"crash-{stage}-{os.environ.get('TAGI_CRASH_SEED', '')}")
+    plan_list = plans(rng, startup_file_ops[stage])
+    where, checked = kill_repeatedly(stage, out, load_backbone(tiny_config(out).model), plan_list, tmp_path)
+    assert len(where) == KILLS and checked > 0
+    assert not (out / stage / "DONE.json").exists()  # every process died before the end
 
-    runner = {"teachers": run_teachers, "pretrain": run_pretrain, "finetune": run_finetune}[stage]
-    runner(tiny_config(out, *STEPS[stage]), resume=True)  # the config's backbone (its token limits)
+    RUNNERS[stage](tiny_config(out, *STEPS[stage]), resume=True)  # the config's backbone (its token limits)
     assert (out / stage / "DONE.json").is_file()
-    a, b = _weights(out / stage), _weights(straight / stage)
+    a, b = _weights(out / stage), _weights(reference / stage)
     assert a.keys() == b.keys() and a
     max_diff = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert max_diff <= 1e-6
     assert all(torch.equal(a[k], b[k]) for k in a), f"not bitwise equal (max diff {max_diff:.2e})"
-    print(f"{stage}: {kills} kills, {checked} files checked while running, max |diff| = {max_diff:.1e}")
+    print(f"{stage}: {checked} files checked while running and after each kill; kills:", *where, sep="\n  ")
