@@ -41,7 +41,7 @@ def test_zero_update_at_init_but_gradients_flow(backbone):
     batch = backbone.collate([PromptExample(t, "Input: ab.\nOutput: ", "AB") for t in INSTRUCTIONS], "fuse")
     base_logits, labels, _ = backbone.forward(batch)
     logits, labels, _ = backbone.forward(batch, w)
-    assert torch.allclose(base_logits, logits, atol=1e-6)
+    assert torch.equal(base_logits, logits)  # B = 0 exactly: the hooks add exact zeros, bit for bit
     torch.nn.functional.cross_entropy(logits, labels).backward()
     heads_b = [p.grad for k, p in hn.named_parameters() if k.startswith("head_b")]
     assert all(g is not None and g.abs().sum() > 0 for g in heads_b)
@@ -51,11 +51,12 @@ def test_zero_update_at_init_but_gradients_flow(backbone):
 def test_masked_mean_ignores_padding():
     states = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
     mask = torch.tensor([[1, 1, 0]])
-    assert torch.allclose(masked_mean(states, mask), torch.tensor([[2.0, 3.0]]))
+    assert torch.equal(masked_mean(states, mask), torch.tensor([[2.0, 3.0]]))  # exact in float32
     pool = AttentionPool(2, 3)
     changed = states.clone()
     changed[0, 2] = -5.0
-    assert torch.allclose(pool(states, mask), pool(changed, mask))
+    # a padded token gets attention weight exactly 0 (score -inf), so it changes nothing, bit for bit
+    assert torch.equal(pool(states, mask), pool(changed, mask))
 
 
 def test_instructions_give_different_adapters_after_a_step(backbone):
@@ -68,7 +69,9 @@ def test_instructions_give_different_adapters_after_a_step(backbone):
     opt.step()
     w = hn(states, mask)
     name = w.names[0]
-    assert not torch.allclose(w.delta(name)[0], w.delta(name)[1])
+    d0, d1 = w.delta(name)[0], w.delta(name)[1]
+    # different beyond rounding (~1e-7 relative in float32): measured 5e-3 (T5) and 3e-2 of max |dW|
+    assert (d0 - d1).abs().max() > 1e-4 * d0.abs().max()
 
 
 @pytest.mark.parametrize("pooling", ["mean", "attention"])
@@ -96,8 +99,8 @@ def test_standardized_input_removes_the_shared_part(backbone, pooling):
         probe = {}
         net.norm.register_forward_hook(lambda m, i, o: probe.setdefault("u", i[0]))
         net(states, mask)
-        # float32 forward vs the float64 reference: values of order 1, so 1e-5 is ~100 float32 ulps
-        torch.testing.assert_close(probe["u"].double(), standardized, rtol=1e-5, atol=1e-5)
+        # float32 forward vs the float64 reference: off by the float32 rounding of the statistics, as above
+        assert (probe["u"].double() - standardized).abs().max() <= tol
 
 
 def test_fit_input_stats_refuses_bad_shapes(backbone):

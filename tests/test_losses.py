@@ -9,35 +9,38 @@ import torch
 
 from tagi.lora import AdapterError, LoraWeights
 from tagi.losses import align_loss, ce_sum, kl_sum, kl_topk_sum, teacher_topk
-from tagi_testing import random_adapter
+from tagi_testing import EPS32, assert_close64, float64_copy, random_adapter
 
 
 def test_ce_sum_hand_computed():
     logits = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]])
     labels = torch.tensor([1, 0])
-    # p(1)=3/4 for row 0, p(0)=1/2 for row 1
-    assert ce_sum(logits, labels).item() == pytest.approx(-math.log(0.75) - math.log(0.5), abs=1e-6)
+    # p(1)=3/4 for row 0, p(0)=1/2 for row 1; ce_sum computes in float32: a few ulps of the value
+    assert ce_sum(logits, labels).item() == pytest.approx(-math.log(0.75) - math.log(0.5), rel=8 * EPS32)
 
 
 def test_kl_of_identical_is_zero_and_hand_computed_case():
     p = torch.randn(5, 11)
-    assert kl_sum(p, p, tau=3.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert kl_sum(p, p, tau=3.0).item() == 0.0  # log p - log p: exact zeros
     teacher = torch.log(torch.tensor([[0.5, 0.5]]))
     student = torch.log(torch.tensor([[0.9, 0.1]]))
     expect = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
-    assert kl_sum(student, teacher, tau=1.0).item() == pytest.approx(expect, rel=1e-5)
+    # float32 (inputs rounded to float32, two log-softmaxes, a sum of terms twice the result's size): a few
+    # ulps of the value, checked at 32
+    assert kl_sum(student, teacher, tau=1.0).item() == pytest.approx(expect, rel=32 * EPS32)
     # temperature: logits are divided by tau and the result multiplied by tau^2
     t2 = torch.tensor([[0.0, 2.0]])
     s2 = torch.tensor([[0.0, 0.0]])
     pt = torch.softmax(t2 / 2, -1)[0]
     expect2 = 4 * float((pt * (pt.log() - math.log(0.5))).sum())
-    assert kl_sum(s2, t2, tau=2.0).item() == pytest.approx(expect2, rel=1e-5)
+    assert kl_sum(s2, t2, tau=2.0).item() == pytest.approx(expect2, rel=32 * EPS32)
 
 
 def test_topk_kl_with_full_k_equals_full_kl():
     s, t = torch.randn(4, 9), torch.randn(4, 9)
     idx, logp = teacher_topk(t, 9, tau=2.0)
-    assert kl_topk_sum(s, idx, logp, 2.0).item() == pytest.approx(kl_sum(s, t, 2.0).item(), rel=1e-5)
+    # two float32 routes (sorted and gathered vs in place) to the same sum of 36 terms: measured 3 ulps
+    assert kl_topk_sum(s, idx, logp, 2.0).item() == pytest.approx(kl_sum(s, t, 2.0).item(), rel=64 * EPS32)
     idx, logp = teacher_topk(t, 3, tau=2.0)
     assert kl_topk_sum(s, idx, logp, 2.0).item() >= 0
 
@@ -47,29 +50,42 @@ def test_masked_positions_never_enter_the_loss(backbone):
 
     short = PromptExample("Definition: x.", "Input: a.\nOutput: ", "b")
     long = PromptExample("Definition: x.", "Input: a much longer input text.\nOutput: ", "a longer answer")
-    alone = ce_sum(*backbone.forward(backbone.collate([short], "concat"))[:2])
-    logits, labels, rows = backbone.forward(backbone.collate([short, long], "concat"))
-    padded = ce_sum(logits[rows == 0], labels[rows == 0])
-    assert padded.item() == pytest.approx(alone.item(), rel=1e-5)
+    bb = float64_copy(backbone)  # padded or alone, the same logits up to rounding: compared in float64
+    alone_logits, alone_labels, _ = bb.forward(bb.collate([short], "concat"))
+    logits, labels, rows = bb.forward(bb.collate([short, long], "concat"))
+    assert torch.equal(labels[rows == 0], alone_labels)
+    assert_close64(logits[rows == 0], alone_logits)
+    # ce_sum computes in float32: logits equal to ~1e-15 give the same loss up to a few float32 ulps
+    alone, padded = ce_sum(alone_logits, alone_labels), ce_sum(logits[rows == 0], labels[rows == 0])
+    assert padded.item() == pytest.approx(alone.item(), rel=8 * EPS32)
 
 
 def test_alignment_zero_for_identical_and_gauge_invariance(backbone):
     w = random_adapter(backbone, 2)
     for mode in ("delta", "factors"):
-        assert align_loss(w, w, mode).item() == pytest.approx(0.0, abs=1e-6)
+        assert align_loss(w, w, mode).item() == 0.0  # the same numbers on both sides: exact zeros
     # an invertible gauge change A -> R A, B -> B R^-1 leaves dW unchanged: delta distance 0, factor distance > 0
     r = torch.eye(w.rank) + 0.5 * torch.randn(w.rank, w.rank)
     g = LoraWeights(
         {k: r @ v for k, v in w.A.items()}, {k: v @ torch.linalg.inv(r) for k, v in w.B.items()}, w.scaling
     )
-    assert align_loss(g, w, "delta").item() == pytest.approx(0.0, abs=1e-5)
-    assert align_loss(g, w, "factors").item() > 1e-3
+    zero = LoraWeights({k: 0 * v for k, v in w.A.items()}, {k: 0 * v for k, v in w.B.items()}, w.scaling)
+    size = align_loss(w, zero, "delta").item()  # the mean square of dW itself
+    # float32: R^-1 carries rounding times cond(R), and the delta distance ||g||^2 + ||w||^2 - 2<g, w> cancels
+    # terms of the size of ||dW||^2, so it is ~cond(R) ulps of that size (measured <= 2 cond(R)), not 0
+    cond = float(torch.linalg.cond(r))
+    assert align_loss(g, w, "delta").item() <= 16 * cond * EPS32 * size
+    # the factors really moved (measured: 0.6 to 75 times their own mean square)
+    assert align_loss(g, w, "factors").item() > 0.01 * align_loss(w, zero, "factors").item()
 
 
 def test_delta_distance_matches_explicit_matrices(backbone):
     g, t = random_adapter(backbone, 2, rank=3, scaling=2.0), random_adapter(backbone, 2, rank=5, scaling=0.5)
-    expect = sum(((g.delta(n) - t.delta(n)) ** 2).mean() for n in g.names) / len(g.names)
-    assert align_loss(g, t, "delta").item() == pytest.approx(expect.item(), rel=1e-4)
+    g64, t64 = g.to(torch.float64), t.to(torch.float64)
+    expect = sum(((g64.delta(n) - t64.delta(n)) ** 2).mean() for n in g.names) / len(g.names)
+    # align_loss works in float32 through Gram matrices; for two independent adapters ||g||^2 + ||t||^2 - 2<g, t>
+    # hardly cancels, so it is a few ulps off the float64 value (measured < 1)
+    assert align_loss(g, t, "delta").item() == pytest.approx(expect.item(), rel=16 * EPS32)
     with pytest.raises(AdapterError, match="equal shapes"):
         align_loss(g, t, "factors")
 
@@ -78,4 +94,4 @@ def test_factor_alignment_uses_one_convention():
     a, b = torch.randn(1, 2, 3), torch.randn(1, 4, 2)
     gen = LoraWeights({"m": a}, {"m": b}, 2.0)
     teacher = LoraWeights({"m": a}, {"m": b * 2.0}, 1.0)  # the same update at another scaling
-    assert align_loss(gen, teacher, "factors").item() == pytest.approx(0.0, abs=1e-7)
+    assert align_loss(gen, teacher, "factors").item() == 0.0  # B * 2 * 0.5 is B exactly

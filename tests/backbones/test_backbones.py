@@ -10,7 +10,7 @@ import torch
 from tagi.backbones import PromptExample
 from tagi.backbones.base import IGNORE
 from tagi.lora import LoraWeights, apply_lora
-from tagi_testing import random_adapter
+from tagi_testing import assert_close64, float64_copy, random_adapter
 
 INS = (
     "Definition: Copy the input word exactly.\n\n Positive PromptExample 1 -\nInput: sun.\n Output: sun.\n\n"
@@ -24,6 +24,10 @@ EXS = [
     ),
     PromptExample(INS, "Now complete the following example -\nInput: x.\nOutput: ", "x"),
 ]
+
+# GREEDY: rows decoded in different batches (another padding, a shared prefix cache) get logits that are
+# equal up to rounding, so their greedy tokens are equal unless two logits nearly tie; in float32 a tie
+# within rounding could flip on some CPU, in float64 (tagi_testing.float64_copy) it is out of reach.
 
 
 def test_targets_default_and_gqa_shapes(backbones):
@@ -55,33 +59,28 @@ def test_labels_cover_target_tokens_only(backbone):
 
 
 def test_forward_logits_equal_the_models_own_at_label_positions(backbone):
-    """Our forward projects only label positions; transformers' forward projects all. Same rows."""
-    batch = backbone.collate(EXS, "concat")
+    """Our forward projects only label positions; transformers' forward projects all. Same rows (up to
+    rounding: compared in float64)."""
+    bb = float64_copy(backbone)
+    batch = bb.collate(EXS, "concat")
     torch.manual_seed(3)
-    adapter = random_adapter(backbone, n=len(EXS))
-    cfg = backbone.model.config
-    scales = [True, False] if backbone.family == "seq2seq" else [None]  # T5: tied (scaled) and untied head
-    original = getattr(cfg, "scale_decoder_outputs", None)
-    try:
-        for scale in scales:
-            if scale is not None:
-                cfg.scale_decoder_outputs = scale
-            logits, labels, _ = backbone.forward(batch, adapter)
-            with torch.no_grad(), apply_lora(backbone.model, adapter):
-                if backbone.family == "seq2seq":
-                    full = backbone.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                          labels=batch.labels).logits  # [N, L, V]  # fmt: skip
-                    ref = full[batch.labels != IGNORE]
-                else:
-                    full = backbone.model(
-                        input_ids=batch.input_ids, attention_mask=batch.attention_mask
-                    ).logits
-                    ref = full[:, :-1][batch.labels[:, 1:] != IGNORE]  # token t predicts t+1
-            assert logits.shape == ref.shape and labels.shape == (ref.shape[0],)
-            torch.testing.assert_close(logits.detach(), ref, atol=1e-5, rtol=1e-5)
-    finally:
-        if original is not None:
-            cfg.scale_decoder_outputs = original
+    adapter = random_adapter(bb, n=len(EXS), dtype=torch.float64)
+    cfg = bb.model.config
+    scales = [True, False] if bb.family == "seq2seq" else [None]  # T5: tied (scaled) and untied head
+    for scale in scales:
+        if scale is not None:
+            cfg.scale_decoder_outputs = scale
+        logits, labels, _ = bb.forward(batch, adapter)
+        with torch.no_grad(), apply_lora(bb.model, adapter):
+            if bb.family == "seq2seq":
+                full = bb.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                labels=batch.labels).logits  # [N, L, V]  # fmt: skip
+                ref = full[batch.labels != IGNORE]
+            else:
+                full = bb.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                ref = full[:, :-1][batch.labels[:, 1:] != IGNORE]  # token t predicts t+1
+        assert logits.shape == ref.shape and labels.shape == (ref.shape[0],)
+        assert_close64(logits.detach(), ref)
 
 
 @pytest.mark.parametrize("mode", ["fuse", "concat"])
@@ -90,11 +89,12 @@ def test_shared_prefix_gives_the_same_logits_and_gradients(backbone, mode):
     ignores the switch. Two tasks, rows of one task share their adapter, as generated adapters do."""
     other = "Definition: Reverse the word.\n\n"
     exs = [*EXS, PromptExample(other, EXS[0].source, "noom"), PromptExample(other, EXS[2].source, "x")]
+    bb = float64_copy(backbone)  # the same logits and gradients up to rounding: compared in float64
     torch.manual_seed(5)
-    two = random_adapter(backbone, n=2, scale=1.0)
+    two = random_adapter(bb, n=2, scale=1.0, dtype=torch.float64)
     rows = [0, 0, 0, 1, 1]
-    full, shared = backbone.collate(exs, mode), backbone.collate(exs, mode, share_prefix=True)
-    if backbone.family == "seq2seq":
+    full, shared = bb.collate(exs, mode), bb.collate(exs, mode, share_prefix=True)
+    if bb.family == "seq2seq":
         assert shared.prefix_ids is None and torch.equal(shared.input_ids, full.input_ids)
         return
     assert shared.prefix_ids.shape[0] == 2 and shared.prefix_rows.tolist() == rows
@@ -106,16 +106,14 @@ def test_shared_prefix_gives_the_same_logits_and_gradients(backbone, mode):
     for batch in (full, shared):
         a = {k: v.detach().clone().requires_grad_(True) for k, v in two.A.items()}
         b = {k: v.detach().clone().requires_grad_(True) for k, v in two.B.items()}
-        logits, labels, idx = backbone.forward(batch, LoraWeights(a, b, two.scaling).index(rows))
-        (logits.float().log_softmax(-1).mean(-1) * torch.arange(1, len(labels) + 1)).sum().backward()
+        logits, labels, idx = bb.forward(batch, LoraWeights(a, b, two.scaling).index(rows))
+        (logits.log_softmax(-1).mean(-1) * torch.arange(1, len(labels) + 1)).sum().backward()
         grads = torch.cat([t.grad.flatten() for t in [*a.values(), *b.values()]])
         results.append((logits.detach(), labels, idx, grads))
     (lf, yf, rf, gf), (ls, ys, rs, gs) = results
     assert torch.equal(yf, ys) and torch.equal(rf, rs)
-    # float32 rounding only: measured max |logit diff| 3e-6 and ||grad diff|| / ||grad|| 2e-6 (in float64 the
-    # logits are bitwise equal and the gradients agree to 3e-8)
-    torch.testing.assert_close(ls, lf, atol=2e-5, rtol=1e-5)
-    assert float((gs - gf).norm() / gf.norm()) < 2e-5
+    assert_close64(ls, lf)  # measured: 7e-15 of max |logit|
+    assert_close64(gs, gf)  # measured: 6e-15 of max |gradient|
 
 
 def test_causal_shared_prefix_needs_two_prefix_tokens(backbones):
@@ -127,21 +125,21 @@ def test_causal_shared_prefix_needs_two_prefix_tokens(backbones):
 
 def test_causal_prefix_cache_equals_full_prompt(backbones):
     """Logits with the instruction's KV cache (computed with the adapter) == the whole prompt at once."""
-    bb = backbones["tiny-llama"]
-    w = random_adapter(bb, 1)
+    bb = float64_copy(backbones["tiny-llama"])  # equal up to rounding: compared in float64
+    w = random_adapter(bb, 1, dtype=torch.float64)
     prefix = torch.tensor([bb.prefix_ids(INS, "fuse")])
     suffix = torch.tensor([bb.suffix_ids(EXS[0].source)])
     with torch.no_grad(), apply_lora(bb.model, w):
         full = bb.model(input_ids=torch.cat([prefix, suffix], 1)).logits[:, prefix.shape[1] :]
         cache = bb.model(input_ids=prefix, use_cache=True).cache
         cached = bb.model(input_ids=suffix, cache=copy.deepcopy(cache), use_cache=True).logits
-    assert (full - cached).abs().max() <= 1e-5
+    assert_close64(cached, full)
 
 
 def test_causal_generate_shared_prefix_equals_unshared(backbones):
     """Batched generation with one cached prefix gives the same text as rows decoded alone."""
-    bb = backbones["tiny-llama"]
-    w = random_adapter(bb, 1, scale=1.0)
+    bb = float64_copy(backbones["tiny-llama"])  # see GREEDY
+    w = random_adapter(bb, 1, scale=1.0, dtype=torch.float64)
     together = bb.generate(EXS, w, "fuse", max_new_tokens=6)
     alone = [bb.generate([e], w, "fuse", max_new_tokens=6)[0] for e in EXS]
     assert together == alone
@@ -150,9 +148,9 @@ def test_causal_generate_shared_prefix_equals_unshared(backbones):
 @pytest.mark.parametrize("per_row", [True, False])
 def test_causal_rows_that_stop_leave_the_batch(backbones, monkeypatch, per_row):
     """A row that emits a stop token is dropped from the batch; every row still decodes as if alone."""
-    bb = backbones["tiny-llama"]
+    bb = float64_copy(backbones["tiny-llama"])  # see GREEDY
     torch.manual_seed(5)
-    w = random_adapter(bb, 3 if per_row else 1, scale=1.0)
+    w = random_adapter(bb, 3 if per_row else 1, scale=1.0, dtype=torch.float64)
     row_adapter = [w.index([i]) if per_row else w for i in range(3)]
     monkeypatch.setattr(bb, "_decode", lambda gen: gen.tolist())  # token ids instead of text
     monkeypatch.setattr(bb, "stop_ids", set())
@@ -181,17 +179,19 @@ def test_t5_fusion_attends_over_instruction(backbones):
     assert fused.fuse_ids is not None and torch.equal(fused.input_ids, plain.input_ids)
     lf, _, _ = bb.forward(fused)
     ln, _, _ = bb.forward(plain)
-    assert (lf - ln).abs().max() > 1e-4
-    # precomputed instruction states give the same logits as computing them inside forward
+    assert (lf - ln).abs().max() > 0.01 * lf.abs().max()  # measured: 8% of the largest logit
+    # precomputed instruction states give the same logits as computing them inside forward: the same
+    # computation on the same inputs, so bit for bit
     states = bb.encode_instruction(fused.fuse_ids, fused.fuse_mask)
     lp, _, _ = bb.forward(fused, fuse_states=(states, fused.fuse_mask))
-    assert torch.allclose(lf, lp, atol=1e-6)
+    assert torch.equal(lf, lp)
 
 
 def test_generate_with_per_example_adapters_matches_single(backbone):
-    w = random_adapter(backbone, 3, scale=1.0)
-    mixed = backbone.generate(EXS, w, "fuse", max_new_tokens=5)
-    single = [backbone.generate([e], w.index([i]), "fuse", max_new_tokens=5)[0] for i, e in enumerate(EXS)]
+    bb = float64_copy(backbone)  # see GREEDY
+    w = random_adapter(bb, 3, scale=1.0, dtype=torch.float64)
+    mixed = bb.generate(EXS, w, "fuse", max_new_tokens=5)
+    single = [bb.generate([e], w.index([i]), "fuse", max_new_tokens=5)[0] for i, e in enumerate(EXS)]
     assert mixed == single
 
 
