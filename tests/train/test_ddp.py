@@ -2,8 +2,9 @@
 
 One process runs micro-batches of 2 with 2 accumulation steps; two processes run one micro-batch of 2 each.
 The global batch, its split into micro-batches and the token normaliser are the same, and the summed
-gradients are all-reduced, so the final weights agree to float rounding of the gradient sum
-(checked at 1e-6; measured: bitwise equal).
+gradients are all-reduced: each rank computes one micro-batch exactly as the single process does (one
+thread each), and a sum of two addends is the same whichever comes first (floating-point addition is
+commutative), so the final weights and the logged loss terms are bitwise equal.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from train_helpers import CONFIGS, ROOT, SMALL, subprocess_env, tiny_config
 from tagi.train.stages import run_finetune, run_teachers
 
 COMMON = ["finetune.train.max_steps=6", "finetune.train.batch_size=2", "finetune.train.log_every=1"]
-DDP_TOL = 1e-6
 
 
 @pytest.mark.slow
@@ -41,17 +41,14 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     a = load_file(one / "finetune" / "final" / "hypernet.safetensors")
     b = load_file(two / "finetune" / "final" / "hypernet.safetensors")
     max_diff = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert max_diff <= DDP_TOL, max_diff
-    print(
-        f"DDP vs single process: max |dw| = {max_diff:.3e}, bitwise equal: {all(torch.equal(a[k], b[k]) for k in a)}"
-    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"max |dw| = {max_diff:.3e}"
 
     la = [json.loads(x) for x in (one / "finetune" / "log.jsonl").read_text().splitlines()]
     lb = [json.loads(x) for x in (two / "finetune" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in la] == [r["step"] for r in lb]
     for ra, rb in zip(la, lb):  # the logged loss terms are global (summed over ranks) in both runs
         for k in ("ce", "kl", "align", "loss"):
-            assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-7)
+            assert ra[k] == rb[k], (ra["step"], k)
     done = json.loads((two / "finetune" / "DONE.json").read_text())
     assert done["steps"] == 6 and done["world_size"] == 2
     assert json.loads((one / "finetune" / "DONE.json").read_text())["world_size"] == 1

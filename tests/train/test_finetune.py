@@ -19,13 +19,16 @@ from tagi.train.distill import TeacherSet, TopkCache, check_same_labels
 from tagi.train.finetune import DistillObjective, FinetuneData, student_forward
 from tagi.train.stages import get_backbone, new_model, run_finetune, run_pretrain, run_teachers
 from tagi.train.teachers import load_teachers
+from tagi_testing import EPS32, assert_close32, assert_close64, float64_copy
 
-# Tolerances of the cached top-k path against the on-the-fly path. The teacher runs over differently padded
-# batches in the two paths, which changes float rounding: per micro-batch the KL sums agree to 1e-7 relative
-# (measured 6e-8); after 5 AdamW steps the weights agree to 1e-5 (measured 8e-6; Adam divides by sqrt(v), so
-# near-zero gradient coordinates amplify rounding), checked at 1e-4 (1% of the weights' change).
-CACHE_RTOL = 1e-5
-CACHE_WEIGHTS_ATOL = 1e-4
+# Tolerances of the cached top-k path against the on-the-fly path, both in float32 (the teachers are the
+# trained float32 adapters). The teacher runs over differently padded batches in the two paths, which changes
+# float rounding: per micro-batch the KL sums agree to a few ulps (measured 6e-8 relative, half an ulp),
+# checked at 128 ulps of the value. After 5 AdamW steps the weights differ more: Adam divides by sqrt(v), so a
+# coordinate whose gradient is near zero turns rounding into a step of up to ~lr (measured 2e-6 to 8e-6, for
+# weights that moved by up to 8e-3 from their initial values); checked at 1% of the largest move of any weight.
+CACHE_KL_ULPS = 128
+CACHE_WEIGHTS_SHARE_OF_MOVE = 0.01
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +102,8 @@ def test_cached_topk_gives_the_on_the_fly_loss(tmp_path, teachers_dir):
         a, b = fly.terms(fly.prepare(samples)), cached.terms(cached.prepare(samples))
         assert set(a) == set(b) == {"ce", "kl", "align"}
         assert float(a["kl"].value.detach()) > 0
-        torch.testing.assert_close(b["kl"].value, a["kl"].value, rtol=CACHE_RTOL, atol=0)
-        torch.testing.assert_close(b["ce"].value, a["ce"].value, rtol=0, atol=0)
+        assert_close32(b["kl"].value, a["kl"].value, ulps=CACHE_KL_ULPS)
+        assert torch.equal(b["ce"].value, a["ce"].value)  # the same student computation in both
 
     # whole runs: the cache on disk vs the teacher at every step
     run_cached = run_finetune(cfg, teachers_dir=teachers_dir, out_dir=tmp_path / "cached")
@@ -121,8 +124,14 @@ def test_cached_topk_gives_the_on_the_fly_loss(tmp_path, teachers_dir):
     )  # fmt: skip
     assert not (run_fly / "teacher_cache").exists()
     wa, wb = _weights(run_cached), _weights(run_fly)
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=CACHE_WEIGHTS_ATOL)
+    new_model(cfg, get_backbone(cfg)).save(tmp_path / "init")  # where both runs started (seeded)
+    w0 = load_file(tmp_path / "init" / "hypernet.safetensors")
+    assert wa.keys() == wb.keys() == w0.keys()
+    move = max(float((wa[k] - w0[k]).abs().max()) for k in wa)
+    diff = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert diff <= CACHE_WEIGHTS_SHARE_OF_MOVE * move, (diff, move)
+    # the last logged KL (6 decimals): weights that close give the same loss well within 1e-4 relative
+    # (measured: equal in all 6 decimals of a KL of ~10)
     la, lb = _logged(run_cached)[-1], _logged(run_fly)[-1]
     assert la["kl"] == pytest.approx(lb["kl"], rel=1e-4)
 
@@ -208,12 +217,14 @@ def test_hyper_input_empty_gives_one_adapter_and_keeps_the_fused_instruction(bac
     from tagi.data.select import task_examples
     from tagi.train.finetune import student_forward
 
-    model = TagiModel(backbone, HyperConfig(rank=2, hidden=16))
+    bb = float64_copy(backbone)  # the two routes give the same logits up to rounding: compared in float64
+    model = TagiModel(bb, HyperConfig(rank=2, hidden=16))
+    model.hypernet.double()
     for head in model.hypernet.head_b.values():
         torch.nn.init.normal_(head.weight, std=0.3)  # a non-zero generated update
     exs = [task_examples(t, 2)[0] for t in builtin_tasks("train", num_instances=2)[:3]]
     instructions = [e.instruction for e in exs]
-    batch = backbone.collate(exs, "fuse")
+    batch = bb.collate(exs, "fuse")
     with torch.no_grad():
         logits, labels, weights = student_forward(model, batch, instructions, InstructionCache(), "empty")
         name = weights.names[0]
@@ -221,14 +232,13 @@ def test_hyper_input_empty_gives_one_adapter_and_keeps_the_fused_instruction(bac
             weights.B[name][0], weights.B[name][1]
         )
         # reference: the adapter generated from "" with the true instructions fused (T5: FiD states)
-        ref_batch = backbone.collate(exs, "fuse")
-        ref, ref_labels, _ = backbone.forward(ref_batch, model.adapters([""]))
-        torch.testing.assert_close(logits, ref, rtol=1e-5, atol=1e-5)
+        ref_batch = bb.collate(exs, "fuse")
+        ref, ref_labels, _ = bb.forward(ref_batch, model.adapters([""]))
+        assert_close64(logits, ref)
         assert torch.equal(labels, ref_labels)
-        normal, _, own = student_forward(
-            model, backbone.collate(exs, "fuse"), instructions, InstructionCache()
-        )
-        assert not torch.allclose(normal, logits, atol=1e-4)  # the usual path reads each task's instruction
+        normal, _, own = student_forward(model, bb.collate(exs, "fuse"), instructions, InstructionCache())
+        # the usual path reads each task's instruction: other logits, by far more than rounding
+        assert (normal - logits).abs().max() > 1e-3 * ref.abs().max()
         assert not torch.equal(own.B[name][0], own.B[name][1])
 
 
@@ -260,8 +270,10 @@ def test_task_grouped_batches_share_each_chunks_prefix_and_give_the_same_loss_te
             with torch.no_grad():
                 terms[share] = {k: float(t.value) for k, t in obj.terms(batch).items()}
         assert set(terms[True]) == {"ce", "kl", "align"}
+        # float32 sums over the label tokens of logits that the shared prefix changes by a few ulps of the
+        # logits' size at most (test_backbones); align does not depend on it. Measured: bitwise equal here
         for k, v in terms[False].items():
-            assert terms[True][k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
+            assert terms[True][k] == pytest.approx(v, rel=128 * EPS32), k
 
 
 def test_task_grouped_finetuning_trains(tmp_path, teachers_dir):

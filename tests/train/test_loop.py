@@ -20,6 +20,7 @@ from tagi.errors import TagiError
 from tagi.train.batching import StepSampler
 from tagi.train.checkpoint import ResumeError
 from tagi.train.loop import MicroBatch, Term, build_optimizer, build_scheduler, train_loop
+from tagi_testing import assert_close32
 
 D = 5
 
@@ -95,8 +96,12 @@ def test_accumulated_token_normalised_loss_equals_full_batch(optimizer, clip):
     model = Toy()
     train_loop(model, ToyObjective(model, xs, ys), lengths, tc)
     ref = reference(tc, lengths, xs, ys)
-    assert torch.allclose(model.w.detach(), ref, atol=1e-6), (model.w, ref)
-    assert not torch.allclose(ref, torch.linspace(-1, 1, D))  # it trained
+    # float32, the same sums grouped differently (micro-batches vs one batch): a few ulps per step, and
+    # neither optimiser amplifies them here (every coordinate's gradient is of order 1); measured <= 1.3 ulps
+    # of max |w| after 12 steps
+    assert_close32(model.w.detach(), ref, ulps=64)
+    init = torch.linspace(-1, 1, D)
+    assert (ref - init).abs().max() > 0.1 * init.abs().max()  # it trained (measured: 0.28 to 0.33)
 
 
 def test_loss_goes_down_and_log_records(tmp_path):
@@ -110,9 +115,11 @@ def test_loss_goes_down_and_log_records(tmp_path):
     assert [r["step"] for r in records] == [1, 10, 20, 30, 40]
     for r in records:
         assert {"mse", "pen", "loss", "lr", "grad_norm", "tokens_per_s", "mem_mb", "epoch"} <= set(r)
-        assert math.isclose(r["loss"], r["mse"] + 0.5 * r["pen"], rel_tol=1e-4)
+        # the log rounds each value to 6 decimals; the loss is summed in float64 from the same term values,
+        # so the three roundings are all that separates them: 0.5e-6 * (1 + 1 + 0.5)
+        assert abs(r["loss"] - (r["mse"] + 0.5 * r["pen"])) <= 1.25e-6 * (1 + 1e-9)
     assert res.last["mse"] < res.first["mse"]
-    assert res.first["mse"] == pytest.approx(records[0]["mse"], rel=1e-5)
+    assert res.first["mse"] == pytest.approx(records[0]["mse"], abs=0.5e-6 * (1 + 1e-9))  # rounded in the log
     assert res.tokens == sum(
         len(ys[s.index]) for st in range(40) for s in StepSampler(lengths, 2, 3).step_samples(st)
     )

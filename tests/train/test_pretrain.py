@@ -13,6 +13,7 @@ from tagi.model import TagiModel
 from tagi.train.batching import Sample
 from tagi.train.pretrain import PretrainObjective, segment_examples
 from tagi.train.stages import run_pretrain
+from tagi_testing import assert_close32
 
 DOCS = [f"Document {i}: the quick brown fox jumps over the lazy dog number {i}." for i in range(30)]
 
@@ -50,7 +51,9 @@ def test_objective_is_the_ce_of_c_given_b_with_the_adapter_from_a(backbone):
     logits, labels, _ = backbone.forward(ref_batch, weights)
     ref = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
     assert mb.num_label_tokens == labels.numel() and mb.num_examples == 3
-    assert torch.allclose(terms["ce"].value, ref, rtol=1e-5)
+    # float32, the same forward through two code paths: their sums of token CEs agree to a few ulps at most
+    # (measured: bitwise equal)
+    assert_close32(terms["ce"].value, ref, ulps=64)
 
 
 def test_run_pretrain_on_text_files(tiny, tmp_path):
