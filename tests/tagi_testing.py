@@ -58,6 +58,7 @@ def assert_close64(x: torch.Tensor, ref: torch.Tensor, rel: float = 1e-9) -> Non
     """
     assert x.dtype == ref.dtype == torch.float64, (x.dtype, ref.dtype)
     assert x.shape == ref.shape, (x.shape, ref.shape)
+    x, ref = x.detach(), ref.detach()
     diff, scale = float((x - ref).abs().max()), float(ref.abs().max())
     assert diff <= rel * scale, f"max |diff| = {diff:.3e} > {rel:g} x max |ref| = {rel * scale:.3e}"
 
@@ -71,6 +72,7 @@ def assert_close32(x: torch.Tensor, ref: torch.Tensor, ulps: float) -> None:
     """
     assert x.dtype == torch.float32 and ref.dtype in (torch.float32, torch.float64), (x.dtype, ref.dtype)
     assert x.shape == ref.shape, (x.shape, ref.shape)
+    x, ref = x.detach(), ref.detach()
     diff, scale = float((x.double() - ref.double()).abs().max()), float(ref.abs().max())
     tol = ulps * EPS32 * scale
     assert diff <= tol, (
