@@ -31,13 +31,12 @@ from pathlib import Path
 import torch
 from benchtools import missing_sni_dir, provenance
 
-from tagi.config import LossConfig, load_config
+from tagi.config import load_config
 from tagi.losses import ce_sum
-from tagi.model import InstructionCache
-from tagi.train.batching import StepSampler
-from tagi.train.common import batch_tokens, training_tasks
-from tagi.train.finetune import DistillObjective, FinetuneData, student_forward
-from tagi.train.stages import get_backbone, new_model
+from tagi.train.common import batch_tokens
+from tagi.train.finetune import DistillObjective, student_forward
+from tagi.train.recipes import FinetuneRecipe
+from tagi.train.stages import get_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +54,22 @@ def run_step(obj: DistillObjective, samples, share: bool) -> tuple[float, int, t
     return seconds, batch_tokens(batch, obj.bb.family), logits.detach()
 
 
+def recipe_overrides(k: int, args: argparse.Namespace) -> list[str]:
+    """The finetuning settings of variant ``task_group=k``: CE only, fresh, one micro-batch per step."""
+    return [
+        f"finetune.task_group={k}",
+        f"finetune.train.batch_size={args.batch_size}",
+        "finetune.train.grad_accum=1",
+        "finetune.train.length_grouping=1",
+        f"finetune.train.max_steps={args.steps + 1}",
+        "finetune.loss.ce=1.0",
+        "finetune.loss.kl=0.0",
+        "finetune.loss.align=0.0",
+        "finetune.use_pretrained=false",
+        "finetune.teacher_cache=false",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sni-dir", default=str(ROOT.parent / "shared" / "data" / "sni"))
@@ -67,24 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     if missing_sni_dir(args.sni_dir):
         return 2
     torch.set_num_threads(args.threads)
-    cfg = load_config(ROOT / "configs" / "bench-sni-smollm2.yaml", [f"data.sni_dir={args.sni_dir}"])
+    config = ROOT / "configs" / "bench-sni-smollm2.yaml"
+    cfg = load_config(config, [f"data.sni_dir={args.sni_dir}"])
     bb = get_backbone(cfg)
-    model = new_model(cfg, bb)
-    model.train()
-    tasks, _ = training_tasks(cfg)
-    data = FinetuneData(tasks, cfg.finetune.student_num_pos, cfg.teachers.num_pos, cfg.seed)
-    cache = InstructionCache()
-    lengths = [1] * len(data)  # no length sorting: the variants differ only in task grouping
     variants = {}
     for k in args.groups:
-        sampler = StepSampler(lengths, args.batch_size, 1, seed=cfg.seed, length_grouping=1,
-                              groups=data.task_ids(), group_size=k)  # fmt: skip
-        ce_only = LossConfig(ce=1.0, kl=0.0, align=0.0)
-        obj = DistillObjective(model, data, ce_only, cfg.finetune.fusion, cache, share_prefix=k > 1)
-        variants[k] = (obj, [sampler.rank_batches(s)[0] for s in range(args.steps + 1)])
-    for obj, batches in variants.values():  # warm-up: every instruction encoded once, one step each
-        for samples in batches:
-            model.adapters([data.student(s).instruction for s in samples], cache)
+        # the finetuning recipe of the benchmark's config with task_group k: CE only, a fresh hypernetwork,
+        # micro-batches of --batch-size, one per step (length_grouping=1: sorting only orders a batch's rows)
+        variant = load_config(config, [f"data.sni_dir={args.sni_dir}", *recipe_overrides(k, args)])
+        recipe = FinetuneRecipe.build(variant, bb)  # every instruction the steps draw is encoded here
+        recipe.model.train()
+        variants[k] = (recipe.objective, [recipe.sampler.rank_batches(s)[0] for s in range(args.steps + 1)])
+    for obj, batches in variants.values():  # warm-up: one step each
         run_step(obj, batches[0], share=True)
     stats = {k: {"shared": [0.0, 0], "unshared": [0.0, 0], "max_logit_diff": 0.0} for k in variants}
     load_start = os.getloadavg()[0]

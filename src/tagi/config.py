@@ -187,6 +187,11 @@ class LossConfig:
         _check(self.temperature > 0, f"loss.temperature must be > 0, got {self.temperature}")
         _check(self.kl_topk >= 0, f"loss.kl_topk must be >= 0, got {self.kl_topk}")
 
+    @property
+    def uses_teachers(self) -> bool:
+        """Whether a term reads the teacher adapters (KL to the teacher, adapter alignment)."""
+        return self.kl > 0 or self.align > 0
+
 
 @dataclass
 class DataConfig:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import resource
 import sys
 import time
 from collections.abc import Sequence
@@ -48,6 +47,7 @@ from tagi.train import dist
 from tagi.train.batching import Sample, StepSampler
 from tagi.train.checkpoint import check_fingerprint, find_state, load_state, save_state
 from tagi.train.common import RUN_ONLY_TRAIN
+from tagi.train.runlog import RunLog, Window, peak_memory_mb
 
 logger = logging.getLogger("tagi.train")
 
@@ -132,60 +132,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch
     )
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this process: CUDA allocator peak on GPU, peak resident set size on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
-
-
 def fingerprint_train(cfg: TrainConfig) -> dict[str, Any]:
     """The settings a resumed run must share with the saved one (logging and threads may change)."""
     return {k: v for k, v in to_dict(cfg).items() if k not in RUN_ONLY_TRAIN}
-
-
-def _logged_step(line: str) -> float:
-    """The step of a log line; a line torn by a killed process (the last one) counts as after any resume."""
-    try:
-        return json.loads(line).get("step", 0) if line else math.inf
-    except json.JSONDecodeError:
-        return math.inf
-
-
-class RunLog:
-    """JSONL log (rank 0) plus optional TensorBoard scalars; a resumed run keeps the records up to its step."""
-
-    def __init__(self, path: Path | None, tensorboard_dir: Path | None, resume_step: int | None) -> None:
-        self.path = path
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            kept = []
-            if resume_step is not None and path.is_file():
-                kept = [r for r in path.read_text().splitlines() if _logged_step(r) <= resume_step]
-            path.write_text("".join(r + "\n" for r in kept))
-        self.tb = None
-        if tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise TagiError(
-                    "train.tensorboard=true needs the tensorboard package: pip install tensorboard"
-                ) from None
-            self.tb = SummaryWriter(log_dir=str(tensorboard_dir), purge_step=resume_step)
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.path is not None:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, int | float):
-                    self.tb.add_scalar(k, v, record["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 # ------------------------------------------------------------------------------------------- the loop
@@ -219,25 +168,6 @@ def _accumulate(
     return sums, weights
 
 
-class _Window:
-    """Averages of the per-step values since the last log record, and the window's throughput."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.steps, self.tokens, self.seconds = 0, 0.0, 0.0
-
-    def add(self, record: dict[str, float], tokens: float, seconds: float) -> None:
-        for k, v in record.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        self.steps, self.tokens, self.seconds = self.steps + 1, self.tokens + tokens, self.seconds + seconds
-
-    def flush(self) -> tuple[dict[str, float], float]:
-        avg = {k: v / self.steps for k, v in self.sums.items()}
-        tokens_per_s = self.tokens / max(self.seconds, 1e-9)
-        self.sums, self.steps, self.tokens, self.seconds = {}, 0, 0.0, 0.0
-        return avg, tokens_per_s
-
-
 class NonFiniteLossError(TagiError):
     """The loss or the gradient norm became inf/NaN; the weights were not updated by that step."""
 
@@ -268,10 +198,46 @@ def _check_finite(
     )
 
 
+def step_sampler(
+    lengths: Sequence[int],
+    cfg: TrainConfig,
+    seed: int,
+    world_size: int = 1,
+    groups: Sequence[int] | None = None,
+    group_size: int = 1,
+) -> StepSampler:
+    """The :class:`StepSampler` of a run of ``cfg`` (its batch size, accumulation and length grouping).
+
+    ``lengths[i]`` is a length proxy of example ``i``; ``groups`` (a group id per example) and
+    ``group_size`` make a grouped stream (chunks of ``group_size`` examples of one group).
+    """
+    return StepSampler(
+        lengths,
+        cfg.batch_size,
+        cfg.grad_accum,
+        world_size,
+        seed,
+        cfg.length_grouping,
+        groups,
+        group_size,
+    )
+
+
+def _check_sampler(sampler: StepSampler, cfg: TrainConfig, seed: int, world_size: int, desc: str) -> None:
+    """A given sampler must draw what :func:`step_sampler` would for this run (the checkpoint's settings)."""
+    want = (cfg.batch_size, cfg.grad_accum, world_size, seed, cfg.length_grouping)
+    have = (sampler.batch_size, sampler.grad_accum, sampler.world_size, sampler.seed, sampler.length_grouping)
+    if have != want:
+        raise TagiError(
+            f"{desc}: the sampler draws (batch_size, grad_accum, world_size, seed, length_grouping) = {have}, "
+            f"but the run has {want}"
+        )
+
+
 def train_loop(
     module: nn.Module,
     objective: Objective,
-    lengths: Sequence[int],
+    sampler: StepSampler | Sequence[int],
     cfg: TrainConfig,
     *,
     seed: int = 0,
@@ -281,19 +247,20 @@ def train_loop(
     fingerprint: dict[str, Any] | None = None,
     desc: str = "train",
     info: dist.DistInfo | None = None,
-    groups: Sequence[int] | None = None,
-    group_size: int = 1,
 ) -> LoopResult:
     """Train the trainable parameters of ``module`` on ``objective`` for ``cfg.max_steps`` optimiser steps.
 
-    ``lengths[i]`` is a length proxy of example ``i`` (for length-grouped batches); ``groups`` (a group id
-    per example) and ``group_size`` make a grouped stream (chunks of ``group_size`` examples of one group,
-    see :mod:`tagi.train.batching`). ``state_dir`` receives checkpoints; with ``resume=True`` a state found
-    there is restored first (its ``fingerprint`` — the settings that define the run — must equal
-    ``fingerprint``). Every rank of a data-parallel group calls this with the same arguments; rank 0 writes
-    the files.
+    ``sampler`` assigns examples to steps and ranks: a :class:`StepSampler` built for this run (same batch
+    settings, seed and world size; e.g. a grouped stream, see :mod:`tagi.train.batching`), or the examples'
+    length proxies, from which :func:`step_sampler` builds one. ``state_dir`` receives checkpoints; with
+    ``resume=True`` a state found there is restored first (its ``fingerprint`` — the settings that define
+    the run — must equal ``fingerprint``). Every rank of a data-parallel group calls this with the same
+    arguments; rank 0 writes the files.
     """
     info = info or dist.current()
+    if not isinstance(sampler, StepSampler):
+        sampler = step_sampler(sampler, cfg, seed, info.world_size)
+    _check_sampler(sampler, cfg, seed, info.world_size, desc)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     params = [p for p in module.parameters() if p.requires_grad]
@@ -303,16 +270,6 @@ def train_loop(
     torch.manual_seed(seed + info.rank)
     optimizer = build_optimizer(params, cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    sampler = StepSampler(
-        lengths,
-        cfg.batch_size,
-        cfg.grad_accum,
-        info.world_size,
-        seed,
-        cfg.length_grouping,
-        groups,
-        group_size,
-    )
     fingerprint = {"train": fingerprint_train(cfg), "seed": seed, **(fingerprint or {})}
 
     trainer: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed": 0.0, "first": {}, "last": {}}
@@ -330,7 +287,7 @@ def train_loop(
     # a bar on a terminal; log lines at the log steps otherwise (CI logs, nohup)
     use_bar = cfg.progress_bar and info.is_main and sys.stderr.isatty()
     bar = tqdm(total=cfg.max_steps, initial=start, desc=desc, disable=not use_bar, dynamic_ncols=True)
-    window = _Window()
+    window = Window()
     t_run = time.perf_counter()
     for step in range(start, cfg.max_steps):
         t0 = time.perf_counter()
@@ -361,7 +318,11 @@ def train_loop(
         )
         if done == 1 or done % cfg.log_every == 0 or done == cfg.max_steps:
             avg, tok_s = window.flush()
-            entry = {"step": done, "epoch": round(done * sampler.step_size / len(lengths), 4), "lr": lr}
+            entry = {
+                "step": done,
+                "epoch": round(done * sampler.step_size / len(sampler.lengths), 4),
+                "lr": lr,
+            }
             entry |= {k: round(v, 6) for k, v in avg.items()} | {
                 "tokens_per_s": round(tok_s, 1),
                 "mem_mb": round(mem, 1),

@@ -24,14 +24,10 @@ import torch
 
 from tagi.adapters import ADAPTER_CONFIG, TAGI_META
 from tagi.backbones import Backbone, load_backbone
-from tagi.config import ExperimentConfig, to_dict
-from tagi.data.prompts import format_instruction
+from tagi.config import ExperimentConfig, TrainConfig, to_dict
 from tagi.data.select import task_examples
-from tagi.data.sni import Task
 from tagi.errors import TagiError
 from tagi.files import write_json
-from tagi.hypernet import masked_mean
-from tagi.model import InstructionCache, TagiModel
 from tagi.train import dist
 from tagi.train.batching import StepSampler
 from tagi.train.checkpoint import find_state
@@ -44,18 +40,11 @@ from tagi.train.common import (
     with_defaults,
     write_done,
 )
-from tagi.train.distill import TeacherSet
-from tagi.train.finetune import (
-    DistillObjective,
-    FinetuneData,
-    student_lengths,
-    teacher_cache,
-    validation_ce,
-    warm_instruction_cache,
-)
-from tagi.train.loop import train_loop
+from tagi.train.finetune import validation_ce
+from tagi.train.loop import LoopResult, Objective, train_loop
 from tagi.train.pretrain import PretrainObjective, pretrain_texts, segment_examples
-from tagi.train.teachers import INDEX, fit_lora, folder_names, load_teachers, teacher_groups
+from tagi.train.recipes import FinetuneRecipe, new_model
+from tagi.train.teachers import INDEX, fit_lora, folder_names, teacher_groups
 
 log = logging.getLogger("tagi.train")
 
@@ -108,6 +97,34 @@ def _summary(results: list[dict[str, Any]], wall: float) -> dict[str, Any]:
     }
 
 
+def _train(
+    stage: str,
+    out: Path,
+    cfg: ExperimentConfig,
+    module: torch.nn.Module,
+    objective: Objective,
+    sampler: StepSampler | Sequence[int],
+    train: TrainConfig,
+    resume: bool,
+    extra: dict[str, Any] | None = None,
+) -> LoopResult:
+    """The stage's training loop: checkpoints in ``out/state``, the log in ``out/log.jsonl``, resumable while
+    the stage's settings (plus ``extra``) are the saved run's."""
+    return train_loop(
+        module,
+        objective,
+        sampler,
+        train,
+        seed=cfg.seed,
+        state_dir=out / "state",
+        log_path=out / "log.jsonl",
+        resume=resume,
+        fingerprint=stage_settings(to_dict(cfg), stage) | (extra or {}),
+        desc=stage,
+        info=dist.current(),
+    )
+
+
 # ------------------------------------------------------------------------------------------- stage 0
 
 
@@ -148,10 +165,20 @@ def run_teachers(
         }
         state = out / "state" / folders[group]
         _, res = fit_lora(
-            bb, examples, tc.rank, tc.alpha, tc.train, folder, "concat", seed=cfg.seed + i,
-            desc=f"teacher {i + 1}/{len(groups)} {group}", state_dir=state,
-            log_path=out / "logs" / f"{folders[group]}.jsonl", resume=resume, meta=meta,
-        )  # fmt: skip
+            bb,
+            examples,
+            tc.rank,
+            tc.alpha,
+            tc.train,
+            folder,
+            mode="concat",
+            seed=cfg.seed + i,
+            desc=f"teacher {i + 1}/{len(groups)} {group}",
+            state_dir=state,
+            log_path=out / "logs" / f"{folders[group]}.jsonl",
+            resume=resume,
+            meta=meta,
+        )
         results[group] = res.to_dict()
         if info.is_main:
             shutil.rmtree(state, ignore_errors=True)
@@ -167,37 +194,6 @@ def run_teachers(
 
 
 # ------------------------------------------------------------------------------------------- stage 1
-
-
-def new_model(cfg: ExperimentConfig, backbone: Backbone, tasks: Sequence[Task] = ()) -> TagiModel:
-    """A freshly initialised hypernetwork (seeded by ``cfg.seed``).
-
-    With ``hyper.input_norm = "standardize"`` its input statistics are fitted on the instructions of the
-    training ``tasks`` as the student sees them (every ``finetune.student_num_pos``).
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = TagiModel(backbone, cfg.hyper)
-    if cfg.hyper.input_norm == "standardize":
-        texts = sorted({format_instruction(t, k) for t in tasks for k in cfg.finetune.student_num_pos})
-        if len(texts) < 2:
-            raise TagiError(
-                "hyper.input_norm=standardize needs the instructions of at least 2 training tasks"
-            )
-        model.hypernet.fit_input_stats(
-            pooled_instructions(model.reader[0], texts, cfg.finetune.train.batch_size)
-        )
-    return model
-
-
-@torch.no_grad()
-def pooled_instructions(reader, texts: Sequence[str], batch_size: int) -> torch.Tensor:
-    """Mean-pooled (padding-masked) frozen encodings of ``texts`` by ``reader`` (``TagiModel.reader``): ``[N, H]``."""
-    cache, out = InstructionCache(), []
-    for s in range(0, len(texts), batch_size):
-        states, mask = cache.get(reader, texts[s : s + batch_size])
-        out.append(masked_mean(states.float(), mask))
-    return torch.cat(out)
 
 
 def run_pretrain(
@@ -221,12 +217,8 @@ def run_pretrain(
     p = cfg.pretrain
     examples = segment_examples(bb, texts, p.segment_tokens, p.min_segment_tokens, cfg.seed)
     model = new_model(cfg, bb, tasks)
-    fingerprint = stage_settings(to_dict(cfg), "pretrain")
-    res = train_loop(
-        model, PretrainObjective(model, examples), example_lengths(bb, examples, instruction=False), p.train,
-        seed=cfg.seed, state_dir=out / "state", log_path=out / "log.jsonl", resume=resume,
-        fingerprint=fingerprint, desc="pretrain", info=info,
-    )  # fmt: skip
+    lengths = example_lengths(bb, examples, instruction=False)
+    res = _train("pretrain", out, cfg, model, PretrainObjective(model, examples), lengths, p.train, resume)
     if info.is_main:
         model.save(out / "final", extra={"stage": "pretrain", "steps": res.steps})
         summary = res.to_dict() | {"wall_time_s": round(time.perf_counter() - t0, 3)}
@@ -238,31 +230,6 @@ def run_pretrain(
 
 
 # ------------------------------------------------------------------------------------------- stage 2
-
-
-def init_model(
-    cfg: ExperimentConfig, backbone: Backbone, init_ckpt: Path | None, tasks: Sequence[Task] = ()
-) -> TagiModel:
-    """The hypernetwork to finetune: a checkpoint's (same hyper settings required) or a fresh one."""
-    if init_ckpt is None:
-        return new_model(cfg, backbone, tasks)
-    model = TagiModel.load(init_ckpt, backbone)
-    if to_dict(model.hyper_cfg) != to_dict(cfg.hyper):
-        raise TagiError(f"{init_ckpt} was trained with other `hyper` settings than the config's")
-    return model
-
-
-def resolve_init(cfg: ExperimentConfig, init_ckpt: str | Path | None) -> Path | None:
-    """The checkpoint finetuning starts from: ``init_ckpt``, else a finished ``<out_dir>/pretrain/final``
-    (``finetune.use_pretrained``), else none."""
-    if not cfg.finetune.use_pretrained:
-        if init_ckpt is not None:
-            log.warning("finetune: use_pretrained=false, ignoring init_ckpt=%s", init_ckpt)
-        return None
-    if init_ckpt is not None:
-        return Path(init_ckpt)
-    pre = Path(cfg.out_dir) / "pretrain"
-    return pre / "final" if is_done(pre) else None
 
 
 def run_finetune(
@@ -286,45 +253,35 @@ def run_finetune(
     if not _begin("finetune", out, cfg, resume, force, find_state(out / "state") is not None):
         return out
     info, t0, ft = dist.current(), time.perf_counter(), cfg.finetune
-    bb = get_backbone(cfg, backbone)
-    train_tasks, val_tasks = training_tasks(cfg)
-    tdir = Path(teachers_dir) if teachers_dir else Path(cfg.out_dir) / "teachers"
-    teachers = TeacherSet(*load_teachers(tdir), bb.device) if needs_teachers(cfg) else None
-    init = resolve_init(cfg, init_ckpt)
-    model = init_model(cfg, bb, init, train_tasks)
-    teacher_pos = teachers.num_pos if teachers else cfg.teachers.num_pos
-    data = FinetuneData(train_tasks, ft.student_num_pos, teacher_pos, cfg.seed, ft.prompt_dropout)
-    lengths = student_lengths(bb, data, ft.fusion)
-    tc = ft.train
-    groups, k = data.task_ids(), ft.task_group
-    drawn = StepSampler(
-        lengths, tc.batch_size, tc.grad_accum, info.world_size, cfg.seed, tc.length_grouping, groups, k
+    recipe = FinetuneRecipe.build(
+        cfg,
+        get_backbone(cfg, backbone),
+        teachers_dir=teachers_dir,
+        init_ckpt=init_ckpt,
+        teacher_cache_dir=teacher_cache_dir or out / "teacher_cache",
+        world_size=info.world_size,
     )
-    drawn = drawn.samples_until(tc.max_steps)  # what the whole run will see: only these are prepared
-    cache = InstructionCache()
-    extra = [""] if ft.hyper_input == "empty" or ft.prompt_dropout > 0 else []
-    used = list(dict.fromkeys(data.hyper_instruction(s) for s in drawn))
-    warm_instruction_cache(model, cache, used + extra, ft.train.batch_size)
-    topk = None
-    if ft.teacher_cache and ft.loss.kl > 0:
-        folder = Path(teacher_cache_dir) if teacher_cache_dir else out / "teacher_cache"
-
-        def autocast():
-            return torch.autocast(bb.device.type, dtype=torch.bfloat16, enabled=ft.train.precision == "bf16")
-
-        topk = teacher_cache(cfg, bb, data, teachers, tdir, folder, autocast, [s.index for s in drawn])
-    objective = DistillObjective(
-        model, data, ft.loss, ft.fusion, cache, teachers, topk, ft.hyper_input, share_prefix=k > 1
+    model, init = recipe.model, recipe.init
+    res = _train(
+        "finetune",
+        out,
+        cfg,
+        model,
+        recipe.objective,
+        recipe.sampler,
+        ft.train,
+        resume,
+        {"init": str(init or "")},
     )
-    fingerprint = stage_settings(to_dict(cfg), "finetune") | {"init": str(init or "")}
-    res = train_loop(
-        model, objective, lengths, ft.train, seed=cfg.seed,
-        state_dir=out / "state", log_path=out / "log.jsonl", resume=resume, fingerprint=fingerprint,
-        desc="finetune", info=info, groups=groups, group_size=k,
-    )  # fmt: skip
     if info.is_main:
         val = validation_ce(
-            model, val_tasks, ft.student_num_pos, ft.fusion, ft.train.batch_size, cache, ft.hyper_input
+            model,
+            recipe.validation,
+            ft.student_num_pos,
+            ft.fusion,
+            ft.train.batch_size,
+            recipe.cache,
+            hyper_input=ft.hyper_input,
         )
         if val:
             with (out / "log.jsonl").open("a") as f:
@@ -337,18 +294,20 @@ def run_finetune(
                 "steps": res.steps,
                 "init": str(init or ""),
                 "hyper_input": ft.hyper_input,
-                "fusion": ft.fusion,  # read by tagi.generate: how the adapter must be used
+                "fusion": ft.fusion,  # read by tagi.api: how the adapter must be used
             },
         )
         summary = res.to_dict() | {"wall_time_s": round(time.perf_counter() - t0, 3), "validation": val}
-        summary |= {"init_ckpt": str(init) if init else None, "teachers_dir": str(tdir) if teachers else None}
-        write_done(out, "finetune", cfg, summary | {"num_examples": len(data), "num_tasks": len(train_tasks)})
+        tdir = recipe.teachers_dir
+        summary |= {"init_ckpt": str(init) if init else None, "teachers_dir": str(tdir) if tdir else None}
+        summary |= {"num_examples": len(recipe.data), "num_tasks": len(recipe.data.tasks)}
+        write_done(out, "finetune", cfg, summary)
     dist.barrier(info)
     return out
 
 
 def needs_teachers(cfg: ExperimentConfig) -> bool:
-    return cfg.finetune.loss.kl > 0 or cfg.finetune.loss.align > 0
+    return cfg.finetune.loss.uses_teachers
 
 
 def run_all(
