@@ -1,8 +1,8 @@
-"""The stage plan: which training stages a run or an evaluated method needs, in order.
+"""The training an evaluated method needs.
 
-``planned_stages(cfg)`` is the order of a run's stages — teachers (when the finetuning loss uses them),
-pretraining (when enabled), finetuning — used by ``tagi demo``. :class:`Pipeline` trains (or skips, each
-stage being resumable and skipped when its ``DONE.json`` exists) what an evaluated method needs:
+:class:`Pipeline` trains (or skips, each stage being resumable and skipped when its ``DONE.json`` exists)
+what an evaluated method needs, taking the stage order from the stage plan
+(:func:`tagi.train.stages.prerequisites`):
 
 - the main run, or the finetuning of a training variant into ``<out_dir>/methods/<name>/`` (sharing the
   main run's teachers, pretraining and teacher cache);
@@ -19,7 +19,6 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -37,17 +36,6 @@ from tagi.train.teachers import fit_lora
 log = logging.getLogger("tagi.pipeline")
 
 
-def planned_stages(cfg: ExperimentConfig) -> list[tuple[str, Callable[..., Path | None]]]:
-    """The training stages a run of ``cfg`` trains, in order, each with its runner."""
-    plan: list[tuple[str, Callable[..., Path | None]]] = []
-    if stages.needs_teachers(cfg):
-        plan.append(("teachers", stages.run_teachers))
-    if cfg.pretrain.enabled:
-        plan.append(("pretrain", stages.run_pretrain))
-    plan.append(("finetune", stages.run_finetune))
-    return plan
-
-
 class Pipeline:
     """Runs (or skips) the training a method needs; every stage is resumable and skips when done."""
 
@@ -63,11 +51,9 @@ class Pipeline:
         pretrained hypernetwork; both are the main run's (shared by every variant).
         """
         ft = variant.finetune
-        if stages.needs_teachers(variant):
-            stages.run_teachers(self.cfg, self.backbone)
+        for _, run in stages.prerequisites(self.cfg, [variant]):
+            run(self.cfg, self.backbone)
         pretrained = ft.use_pretrained and self.cfg.pretrain.enabled
-        if pretrained:
-            stages.run_pretrain(self.cfg, self.backbone)
         same = to_dict(ft) == to_dict(self.cfg.finetune) and to_dict(variant.hyper) == to_dict(self.cfg.hyper)
         if not name or same:
             return stages.run_finetune(self.cfg, self.backbone) / "final"

@@ -17,7 +17,7 @@ from tagi.backbones import load_backbone
 from tagi.config import ExperimentConfig, apply_overrides, from_dict, load_config
 from tagi.evaluate.harness import run_evaluation
 from tagi.evaluate.tables import headline_table, paired_table
-from tagi.pipeline import planned_stages
+from tagi.train.stages import planned_stages
 
 log = logging.getLogger("tagi.evaluate")
 

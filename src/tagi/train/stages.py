@@ -1,4 +1,4 @@
-"""Stage runners: teachers (0), pretraining (1), finetuning (2) and all of them in order.
+"""Stage runners: teachers (0), pretraining (1), finetuning (2), and the stage plan.
 
 Each runner takes the experiment config (plus optional paths and a loaded backbone), writes its stage
 folder under ``cfg.out_dir`` (layout in the README) and returns it. A stage whose ``DONE.json`` exists is
@@ -8,6 +8,10 @@ unless forced. ``DONE.json`` is written last and records wall time, steps, token
 first/last logged value of each loss term, the config, the seed and package versions.
 
 Under ``torchrun`` every rank calls the same runner; rank 0 writes the files and the others wait.
+
+The stage plan lives here, next to the runners: :func:`planned_stages` is the order of a run's stages
+(``tagi run`` via :func:`run_all`, ``tagi demo``), :func:`prerequisites` the stages a set of finetuning
+variants reads (``tagi sweep``'s points, an evaluated training variant via :class:`tagi.pipeline.Pipeline`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -306,22 +310,48 @@ def run_finetune(
     return out
 
 
-def needs_teachers(cfg: ExperimentConfig) -> bool:
-    return cfg.finetune.loss.uses_teachers
+# ------------------------------------------------------------------------------------------- the plan
+
+Stage = tuple[str, Callable[..., Path | None]]
+
+
+def _before_finetune(variants: Sequence[ExperimentConfig], pretrain: bool) -> list[Stage]:
+    plan: list[Stage] = []
+    if any(v.finetune.loss.uses_teachers for v in variants):
+        plan.append(("teachers", run_teachers))
+    if pretrain:
+        plan.append(("pretrain", run_pretrain))
+    return plan
+
+
+def planned_stages(cfg: ExperimentConfig) -> list[Stage]:
+    """The stages a run of ``cfg`` trains, in order, each with its runner: teachers (when the finetuning
+    loss reads them), pretraining (when enabled), finetuning."""
+    return [*_before_finetune([cfg], cfg.pretrain.enabled), ("finetune", run_finetune)]
+
+
+def prerequisites(cfg: ExperimentConfig, variants: Sequence[ExperimentConfig]) -> list[Stage]:
+    """The stages of ``cfg``'s run that finetuning ``variants`` reads (a sweep's points, an evaluated training
+    variant), in order: its teachers when a variant's loss reads them, its pretraining when enabled and a
+    variant starts from it. Each runner is called with ``cfg``: the variants share the run's stages."""
+    pretrained = cfg.pretrain.enabled and any(v.finetune.use_pretrained for v in variants)
+    return _before_finetune(variants, pretrained)
 
 
 def run_all(
     cfg: ExperimentConfig, backbone: Backbone | None = None, resume: bool = True, force: bool = False
 ) -> dict[str, Path | None]:
-    """Teachers (when the finetuning loss uses them), pretraining (when enabled), finetuning; finished stages
-    are skipped. Returns each stage's folder."""
+    """Every stage of :func:`planned_stages` in order (finished stages are skipped); ``tagi run``.
+
+    Returns each stage's folder (None for a stage the run does not need)."""
     dist.init_distributed()
     bb = get_backbone(cfg, backbone)
-    paths: dict[str, Path | None] = {"teachers": None}
-    if needs_teachers(cfg):
-        paths["teachers"] = run_teachers(cfg, bb, resume=resume, force=force)
-    else:
+    paths: dict[str, Path | None] = {"teachers": None, "pretrain": None}
+    plan = planned_stages(cfg)
+    if "teachers" not in dict(plan):
         log.info("teachers: not needed (finetune.loss.kl = finetune.loss.align = 0)")
-    paths["pretrain"] = run_pretrain(cfg, bb, resume=resume, force=force)
-    paths["finetune"] = run_finetune(cfg, bb, resume=resume, force=force)
+    if not cfg.pretrain.enabled:
+        log.info("pretrain: disabled (pretrain.enabled=false)")
+    for name, run in plan:
+        paths[name] = run(cfg, bb, resume=resume, force=force)
     return paths

@@ -180,10 +180,8 @@ def run_sweep(
     axes = parse_axes(grid)
     points = [(o, point_config(cfg, o)) for o in grid_points(axes)]  # validate every point before training
     bb = stages.get_backbone(cfg, backbone)
-    if any(stages.needs_teachers(p) for _, p in points):
-        stages.run_teachers(cfg, bb)
-    if cfg.pretrain.enabled and any(p.finetune.use_pretrained for _, p in points):
-        stages.run_pretrain(cfg, bb)
+    for _, run in stages.prerequisites(cfg, [p for _, p in points]):  # the stage plan's teachers, pretraining
+        run(cfg, bb)
     rows = []
     for i, (overrides, point) in enumerate(points, 1):
         folder = point_folder(cfg, point, overrides)
