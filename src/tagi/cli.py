@@ -77,8 +77,8 @@ def build_parser(name: str, fn: Callable) -> argparse.ArgumentParser:
         elif pname == "overrides":
             p.add_argument("overrides", nargs="*", metavar="key=value", help=help_ or "config overrides")
         elif tp is bool:
-            p.add_argument(f"--{pname.replace('_', '-')}", dest=pname, action=argparse.BooleanOptionalAction,
-                           default=default, help=help_)  # fmt: skip
+            flag, action = f"--{pname.replace('_', '-')}", argparse.BooleanOptionalAction
+            p.add_argument(flag, dest=pname, action=action, default=default, help=help_)
         else:
             args = typing.get_args(tp)
             base = tp if typing.get_origin(tp) is list else next((a for a in args if a is not type(None)), tp)
@@ -86,8 +86,8 @@ def build_parser(name: str, fn: Callable) -> argparse.ArgumentParser:
             if typing.get_origin(base) is list:
                 kwargs = {"nargs": "*", "type": str}
             required = default is inspect.Parameter.empty
-            p.add_argument(f"--{pname.replace('_', '-')}", dest=pname, required=required,
-                           default=None if required else default, help=help_, **kwargs)  # fmt: skip
+            kwargs |= {"required": required, "default": None if required else default, "help": help_}
+            p.add_argument(f"--{pname.replace('_', '-')}", dest=pname, **kwargs)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 

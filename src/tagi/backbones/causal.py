@@ -249,8 +249,14 @@ class CausalBackbone(Backbone):
         weights, steps = adapter, 0
         for step in range(limit):
             with apply_lora(self.model, weights):
-                out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, cache=cache,
-                                 use_cache=True, logits_to_keep=1)  # fmt: skip
+                out = self.model(
+                    input_ids=ids,
+                    attention_mask=attn,
+                    position_ids=pos,
+                    cache=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
             cache, steps = out.cache, step + 1
             nxt = sample_next(out.logits[:, -1], temperature, top_p, generator)  # [A]
             gen[alive, step] = nxt

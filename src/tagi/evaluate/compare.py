@@ -49,8 +49,15 @@ def paired_difference(ref: dict[str, float], other: dict[str, float], seed: int)
     """
     names = sorted(set(ref) & set(other))
     d = np.array([ref[n] - other[n] for n in names], dtype=np.float64)  # [T]
-    out = {"tasks": len(names), "mean": float(d.mean()) if len(d) else None, "ci_low": None, "ci_high": None,
-           "wins": int((d > 0).sum()), "losses": int((d < 0).sum()), "ties": int((d == 0).sum())}  # fmt: skip
+    out = {
+        "tasks": len(names),
+        "mean": float(d.mean()) if len(d) else None,
+        "ci_low": None,
+        "ci_high": None,
+        "wins": int((d > 0).sum()),
+        "losses": int((d < 0).sum()),
+        "ties": int((d == 0).sum()),
+    }
     if len(d) < 2:
         return out
     if np.ptp(d) == 0:
@@ -60,8 +67,14 @@ def paired_difference(ref: dict[str, float], other: dict[str, float], seed: int)
 
     with warnings.catch_warnings():  # BCa warns on nearly degenerate resamples; the interval is still valid
         warnings.simplefilter("ignore")
-        res = bootstrap((d,), np.mean, confidence_level=CONFIDENCE, n_resamples=N_RESAMPLES,
-                        method="BCa", rng=np.random.default_rng(seed))  # fmt: skip
+        res = bootstrap(
+            (d,),
+            np.mean,
+            confidence_level=CONFIDENCE,
+            n_resamples=N_RESAMPLES,
+            method="BCa",
+            rng=np.random.default_rng(seed),
+        )
     out["ci_low"], out["ci_high"] = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return out
 
@@ -93,8 +106,15 @@ def paired_comparisons(methods: dict, settings: list[str], seed: int, metric: st
             if other is not None:
                 rows[name] = paired_difference(ref, other, seed)
         by_setting[setting] = rows
-    return {"reference": REFERENCE, "metric": metric, "confidence": CONFIDENCE, "n_resamples": N_RESAMPLES,
-            "method": "BCa bootstrap over tasks", "seed": seed, "by_setting": by_setting}  # fmt: skip
+    return {
+        "reference": REFERENCE,
+        "metric": metric,
+        "confidence": CONFIDENCE,
+        "n_resamples": N_RESAMPLES,
+        "method": "BCa bootstrap over tasks",
+        "seed": seed,
+        "by_setting": by_setting,
+    }
 
 
 def adapter_spread(gram: torch.Tensor) -> dict:

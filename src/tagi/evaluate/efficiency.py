@@ -86,8 +86,8 @@ class FlopModel:
                 part = "enc_token" if name.startswith("encoder.") else "token"
                 c["cross_kv" if _T5_CROSS_KV.match(name) else part] += cost
                 if name.endswith("Attention.q"):
-                    key = "cross_width" if "EncDecAttention" in name else (
-                        "enc_width" if name.startswith("encoder.") else "self_width")  # fmt: skip
+                    own = "enc_width" if name.startswith("encoder.") else "self_width"
+                    key = "cross_width" if "EncDecAttention" in name else own
                     c[key] += mod.out_features
         return cls(backbone.family, head=head, **c)
 

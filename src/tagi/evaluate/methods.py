@@ -83,13 +83,13 @@ _SPECS = (
         "no model: every instance answered with the first positive example's output",
         "none",
         answer="first-demo",
-    ),  # fmt: skip
+    ),
     MethodSpec(
         "majority",
         "no model: the most frequent output among the task's positive examples",
         "none",
         answer="majority-demo",
-    ),  # fmt: skip
+    ),
     MethodSpec("no-finetune", "frozen base model, instruction in context", "none"),
     MethodSpec(
         "multitask-lora",
@@ -131,7 +131,7 @@ _SPECS = (
         "hypernet",
         None,
         train_overrides=("finetune.fusion=false",),
-    ),  # fmt: skip
+    ),
     MethodSpec(
         "tagi-no-kl", "TAGI without the KL term", "hypernet", None, train_overrides=("finetune.loss.kl=0",)
     ),
@@ -141,7 +141,7 @@ _SPECS = (
         "hypernet",
         None,
         train_overrides=("finetune.loss.align=0",),
-    ),  # fmt: skip
+    ),
     MethodSpec(
         "tagi-no-ce", "TAGI without the CE term", "hypernet", None, train_overrides=("finetune.loss.ce=0",)
     ),
@@ -151,7 +151,7 @@ _SPECS = (
         "hypernet",
         None,
         train_overrides=("finetune.use_pretrained=false",),
-    ),  # fmt: skip
+    ),
     MethodSpec(
         "tagi-no-hypernet",
         "TAGI losses + fusion, but the hypernetwork reads one constant empty text: a single learned adapter",
@@ -182,8 +182,8 @@ def resolve_methods(names: Sequence[str]) -> list[MethodSpec]:
                 MethodSpec(name, "given PEFT LoRA folder, instruction in context", "fixed", path=name[5:])
             )
         elif name.startswith("ckpt:") and name[5:]:
-            specs.append(MethodSpec(name, "given hypernetwork checkpoint, with fusion", "hypernet", "fuse",
-                                    path=name[5:]))  # fmt: skip
+            summary = "given hypernetwork checkpoint, with fusion"
+            specs.append(MethodSpec(name, summary, "hypernet", "fuse", path=name[5:]))
         else:
             known = ", ".join([*METHODS, "peft:PATH", "ckpt:PATH"])
             raise ConfigError(f"unknown method '{name}' in evaluate.methods (known: {known})")

@@ -113,9 +113,17 @@ def fit_lora(
     objective = CEObjective(backbone, examples, lora.weights, mode)
     lengths = example_lengths(backbone, examples, instruction=mode != "none")
     result = train_loop(
-        lora, objective, lengths, train, seed=seed, state_dir=state_dir, log_path=log_path,
-        resume=resume, desc=desc or "lora", info=info,
-    )  # fmt: skip
+        lora,
+        objective,
+        lengths,
+        train,
+        seed=seed,
+        state_dir=state_dir,
+        log_path=log_path,
+        resume=resume,
+        desc=desc or "lora",
+        info=info,
+    )
     out = Path(out_dir)
     if info.is_main:
         record = {"mode": mode, "num_examples": len(examples), "seed": seed, "train": result.to_dict()}
