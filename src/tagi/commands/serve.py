@@ -36,14 +36,18 @@ def resolve_checkpoint(checkpoint: str | None) -> Path:
         return Path(checkpoint)
     if (DEMO_CHECKPOINT / "tagi_config.json").is_file():
         return DEMO_CHECKPOINT
-    raise ServeError(f"no --checkpoint given and no demo checkpoint at {DEMO_CHECKPOINT}: run 'tagi demo' "
-                     "first, or pass --checkpoint DIR")  # fmt: skip
+    raise ServeError(
+        f"no --checkpoint given and no demo checkpoint at {DEMO_CHECKPOINT}: run 'tagi demo' "
+        "first, or pass --checkpoint DIR"
+    )
 
 
 def check_bind(host: str, token: str | None) -> None:
     if not is_loopback(host) and not token:
-        raise ServeError(f"refusing to serve on {host} without a token: pass --token (or set TAGI_SERVE_TOKEN), "
-                         "or bind 127.0.0.1")  # fmt: skip
+        raise ServeError(
+            f"refusing to serve on {host} without a token: pass --token (or set TAGI_SERVE_TOKEN), "
+            "or bind 127.0.0.1"
+        )
 
 
 def serve(
@@ -86,12 +90,21 @@ def serve(
     from tagi.serve.runner import uvicorn_config
     from tagi.serve.service import Limits, Service
 
-    limits = Limits(max_body_bytes=max_body_bytes, max_tokens=max_tokens, max_batch=max_batch,
-                    max_queue=max_queue, timeout_s=timeout, cache_bytes=cache_mb * 2**20)  # fmt: skip
+    limits = Limits(
+        max_body_bytes=max_body_bytes,
+        max_tokens=max_tokens,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        timeout_s=timeout,
+        cache_bytes=cache_mb * 2**20,
+    )
     service = Service(Tagi.from_checkpoint(path, device=device), limits)
     app = create_app(service, token=token, cors_origins=cors_origin or ())
-    print(f"tagi serve: http://{host}:{port}/  (checkpoint {path}, base model {service.base_name}"
-          f"{', bearer token required' if token else ''}; Ctrl-C stops)", flush=True)  # fmt: skip
+    print(
+        f"tagi serve: http://{host}:{port}/  (checkpoint {path}, base model {service.base_name}"
+        f"{', bearer token required' if token else ''}; Ctrl-C stops)",
+        flush=True,
+    )
     try:
         uvicorn.Server(uvicorn_config(app, host, port)).run()
     finally:

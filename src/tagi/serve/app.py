@@ -113,8 +113,11 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return JSONResponse(ApiError(exc.status_code, str(exc.detail), kind).body(), exc.status_code,
-                            headers=getattr(exc, "headers", None))  # fmt: skip
+        return JSONResponse(
+            ApiError(exc.status_code, str(exc.detail), kind).body(),
+            exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(TagiError)
     async def tagi_error(request: Request, exc: TagiError):
@@ -136,8 +139,12 @@ def bearer_guard(token: str | None):
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-            raise ApiError(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
-                           "authentication_error", "unauthorized")  # fmt: skip
+            raise ApiError(
+                401,
+                "missing or wrong bearer token (Authorization: Bearer <token>)",
+                "authentication_error",
+                "unauthorized",
+            )
 
     return guard
 
@@ -159,9 +166,14 @@ def _builtin_tasks() -> list[dict]:
     out = []
     for name in BUILTIN_TEST:
         task = make_builtin_task(name, num_instances=3)
-        out.append({"name": name, "definition": task.definition,
-                    "inputs": [i.input for i in task.instances],
-                    "pos_examples": [{"input": e.input, "output": e.output} for e in task.positive_examples]})  # fmt: skip
+        out.append(
+            {
+                "name": name,
+                "definition": task.definition,
+                "inputs": [i.input for i in task.instances],
+                "pos_examples": [{"input": e.input, "output": e.output} for e in task.positive_examples],
+            }
+        )
     return out
 
 
@@ -182,14 +194,19 @@ def _install_adapter_routes(app: FastAPI, service: Service, guard) -> None:
     async def adapter_zip(adapter_id: str):
         data = await service.peft_zip(adapter_id)  # 404 unless the id is one this server made
         name = f"tagi-{adapter_id}.zip"
-        return Response(data, media_type="application/zip",
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})  # fmt: skip
+        return Response(
+            data,
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
 
     @app.get("/v1/models", dependencies=auth)
     async def models():
         data = [{"id": "base", "object": "model", "owned_by": "tagi", "created": 0}]
-        data += [{"id": e.id, "object": "model", "owned_by": "tagi", "created": e.created}
-                 for e in service.cache.entries()]  # fmt: skip
+        data += [
+            {"id": e.id, "object": "model", "owned_by": "tagi", "created": e.created}
+            for e in service.cache.entries()
+        ]
         return {"object": "list", "data": data}
 
     @app.get("/v1/tasks", dependencies=auth)
@@ -206,8 +223,12 @@ def create_app(service: Service, token: str | None = None, cors_origins: list[st
     _install_errors(app)
     _install_metrics(app, service)
     if cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["authorization", "content-type"])  # fmt: skip
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+        )
     app.add_middleware(BodyLimit, max_bytes=service.limits.max_body_bytes)
 
     @app.get("/", include_in_schema=False)
@@ -218,10 +239,16 @@ def create_app(service: Service, token: str | None = None, cors_origins: list[st
 
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok", "base_model": service.base_name, "checkpoint_sha256": service.tagi.checkpoint_sha256,
-                "auth": token is not None, "adapters_cached": len(service.cache),
-                "queue_depth": service.scheduler.depth(), "max_tokens": service.max_tokens,
-                "default_max_tokens": service.default_tokens}  # fmt: skip
+        return {
+            "status": "ok",
+            "base_model": service.base_name,
+            "checkpoint_sha256": service.tagi.checkpoint_sha256,
+            "auth": token is not None,
+            "adapters_cached": len(service.cache),
+            "queue_depth": service.scheduler.depth(),
+            "max_tokens": service.max_tokens,
+            "default_max_tokens": service.default_tokens,
+        }
 
     @app.get("/metrics", dependencies=[Depends(guard)])
     async def metrics():

@@ -21,16 +21,28 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("tagi_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
-                                registry=r)  # fmt: skip
-        self.latency = Histogram("tagi_request_latency_seconds", "HTTP request latency by endpoint",
-                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.batch_size = Histogram("tagi_batch_size", "rows decoded together in one batch",
-                                    buckets=BATCH_BUCKETS, registry=r)  # fmt: skip
-        self.batch_seconds = Histogram("tagi_batch_seconds", "time to decode one batch",
-                                       buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.adapter_seconds = Histogram("tagi_adapter_generation_seconds", "hypernetwork call per adapter",
-                                         buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.requests = Counter(
+            "tagi_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "tagi_request_latency_seconds",
+            "HTTP request latency by endpoint",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "tagi_batch_size", "rows decoded together in one batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "tagi_batch_seconds", "time to decode one batch", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.adapter_seconds = Histogram(
+            "tagi_adapter_generation_seconds",
+            "hypernetwork call per adapter",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.tokens = Counter("tagi_completion_tokens", "tokens generated", registry=r)
         self.queue_depth = Gauge("tagi_queue_depth", "rows waiting to be decoded", registry=r)
         self.adapters = Gauge("tagi_adapters_cached", "generated adapters held in memory", registry=r)

@@ -49,9 +49,12 @@ class _Common(BaseModel):
             )
         if self.stop:
             raise ApiError(400, "stop sequences are not supported", code="unsupported")
-        return {"max_tokens": self.max_tokens if self.max_tokens is not None else self.max_completion_tokens,
-                "temperature": self.temperature or 0.0, "top_p": 1.0 if self.top_p is None else self.top_p,
-                "seed": self.seed}  # fmt: skip
+        return {
+            "max_tokens": self.max_tokens if self.max_tokens is not None else self.max_completion_tokens,
+            "temperature": self.temperature or 0.0,
+            "top_p": 1.0 if self.top_p is None else self.top_p,
+            "seed": self.seed,
+        }
 
 
 class CompletionRequest(_Common):
@@ -127,42 +130,73 @@ def _sse(events: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
+def _completion_head(req: CompletionRequest) -> dict:
+    """The fields every text-completion response (or stream chunk) of one request starts with."""
+    return {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": req.model,
+    }
+
+
 def _completion_body(req: CompletionRequest, done: list[Completion]) -> dict:
-    head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-            "model": req.model}  # fmt: skip
-    choices = [{"index": i, "text": d.text, "finish_reason": d.finish_reason, "logprobs": None}
-               for i, d in enumerate(done)]  # fmt: skip
+    head = _completion_head(req)
+    choices = [
+        {"index": i, "text": d.text, "finish_reason": d.finish_reason, "logprobs": None}
+        for i, d in enumerate(done)
+    ]
     return head | {"choices": choices, "usage": _usage(done)}
 
 
 def _completion_stream(service: Service, req: CompletionRequest, pending: Pending) -> StreamingResponse:
-    head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-            "model": req.model}  # fmt: skip
+    head = _completion_head(req)
 
     def choice(i: int, text: str, why: str | None) -> dict:
         return head | {"choices": [{"index": i, "text": text, "finish_reason": why, "logprobs": None}]}
 
-    return _sse(_events(service, pending, [], lambda i, text: choice(i, text, None),
-                        lambda done: [choice(i, "", d.finish_reason) for i, d in enumerate(done)]))  # fmt: skip
+    return _sse(
+        _events(
+            service,
+            pending,
+            [],
+            lambda i, text: choice(i, text, None),
+            lambda done: [choice(i, "", d.finish_reason) for i, d in enumerate(done)],
+        )
+    )
 
 
 def _chat_body(req: ChatRequest, d: Completion) -> dict:
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model}
     message = {"role": "assistant", "content": d.text}
-    return head | {"object": "chat.completion", "usage": _usage([d]),
-                   "choices": [{"index": 0, "message": message, "finish_reason": d.finish_reason}]}  # fmt: skip
+    return head | {
+        "object": "chat.completion",
+        "usage": _usage([d]),
+        "choices": [{"index": 0, "message": message, "finish_reason": d.finish_reason}],
+    }
 
 
 def _chat_stream(service: Service, req: ChatRequest, pending: Pending) -> StreamingResponse:
-    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": req.model}  # fmt: skip
+    head = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": req.model,
+    }
 
     def chunk(delta: dict, why: str | None) -> dict:
         return head | {"choices": [{"index": 0, "delta": delta, "finish_reason": why}]}
 
     first = [chunk({"role": "assistant", "content": ""}, None)]
-    return _sse(_events(service, pending, first, lambda i, text: chunk({"content": text}, None),
-                        lambda done: [chunk({}, done[0].finish_reason)]))  # fmt: skip
+    return _sse(
+        _events(
+            service,
+            pending,
+            first,
+            lambda i, text: chunk({"content": text}, None),
+            lambda done: [chunk({}, done[0].finish_reason)],
+        )
+    )
 
 
 def install_openai_routes(app: FastAPI, service: Service, guard) -> None:
@@ -171,8 +205,9 @@ def install_openai_routes(app: FastAPI, service: Service, guard) -> None:
     @app.post("/v1/completions", dependencies=auth)
     async def completions(req: CompletionRequest):
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        pending = await service.submit(req.model, prompts, instruction=req.instruction, stream=req.stream,
-                                       **req.decoding())  # fmt: skip
+        pending = await service.submit(
+            req.model, prompts, instruction=req.instruction, stream=req.stream, **req.decoding()
+        )
         if req.stream:
             return _completion_stream(service, req, pending)
         return _completion_body(req, await service.results(pending))
@@ -180,8 +215,9 @@ def install_openai_routes(app: FastAPI, service: Service, guard) -> None:
     @app.post("/v1/chat/completions", dependencies=auth)
     async def chat(req: ChatRequest):
         context = req.context() if req.model == "base" else None
-        pending = await service.submit(req.model, [req.input_text()], instruction=context, stream=req.stream,
-                                       **req.decoding())  # fmt: skip
+        pending = await service.submit(
+            req.model, [req.input_text()], instruction=context, stream=req.stream, **req.decoding()
+        )
         if req.stream:
             return _chat_stream(service, req, pending)
         (done,) = await service.results(pending)

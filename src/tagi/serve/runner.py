@@ -18,8 +18,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def uvicorn_config(app, host: str, port: int) -> uvicorn.Config:
-    return uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
-                          server_header=False, proxy_headers=False, timeout_graceful_shutdown=5)  # fmt: skip
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=5,
+    )
 
 
 class ServerThread:

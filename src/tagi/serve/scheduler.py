@@ -133,8 +133,11 @@ def stack_rows(rows: Sequence[Row]) -> LoraWeights | None:
     if len(present) == len(rows) and all(w is present[0] for w in present):
         return present[0]
     zero = present[0]
-    zero = LoraWeights({k: torch.zeros_like(v) for k, v in zero.A.items()},
-                       {k: torch.zeros_like(v) for k, v in zero.B.items()}, zero.scaling)  # fmt: skip
+    zero = LoraWeights(
+        {k: torch.zeros_like(v) for k, v in zero.A.items()},
+        {k: torch.zeros_like(v) for k, v in zero.B.items()},
+        zero.scaling,
+    )
     return LoraWeights.stack([r.weights if r.weights is not None else zero for r in rows])
 
 

@@ -76,8 +76,13 @@ class Service:
         self.max_tokens = self.limits.max_tokens or max(256, self.default_tokens)
         self.cache = AdapterCache(self.limits.cache_bytes)
         self.metrics = Metrics()
-        self.scheduler = Scheduler(bb, self.limits.max_batch, self.limits.max_queue, self.batch_wait_s,
-                                   on_batch=self.metrics.observe_batch)  # fmt: skip
+        self.scheduler = Scheduler(
+            bb,
+            self.limits.max_batch,
+            self.limits.max_queue,
+            self.batch_wait_s,
+            on_batch=self.metrics.observe_batch,
+        )
         self.metrics.track(self.scheduler.depth, lambda: len(self.cache), lambda: self.cache.nbytes)
 
     @property
@@ -95,8 +100,12 @@ class Service:
         except TimeoutError:
             for f in futures:
                 f.cancel()
-            raise ApiError(408, f"request timed out after {self.limits.timeout_s:g} s (server busy)",
-                           "timeout_error", "timeout") from None  # fmt: skip
+            raise ApiError(
+                408,
+                f"request timed out after {self.limits.timeout_s:g} s (server busy)",
+                "timeout_error",
+                "timeout",
+            ) from None
 
     # ---- adapters
     def _check_instruction(self, instruction: str, pos_examples: list[dict[str, str]]) -> None:
@@ -104,11 +113,17 @@ class Service:
             raise ApiError(400, "the instruction is empty", code="empty_instruction")
         size = len(instruction) + sum(len(e["input"]) + len(e["output"]) for e in pos_examples)
         if size > self.limits.max_instruction_chars:
-            raise ApiError(400, f"instruction of {size} characters is over the limit of "
-                           f"{self.limits.max_instruction_chars}", code="instruction_too_long")  # fmt: skip
+            raise ApiError(
+                400,
+                f"instruction of {size} characters is over the limit of {self.limits.max_instruction_chars}",
+                code="instruction_too_long",
+            )
         if len(pos_examples) > self.limits.max_pos_examples:
-            raise ApiError(400, f"{len(pos_examples)} positive examples, the limit is "
-                           f"{self.limits.max_pos_examples}", code="too_many_examples")  # fmt: skip
+            raise ApiError(
+                400,
+                f"{len(pos_examples)} positive examples, the limit is {self.limits.max_pos_examples}",
+                code="too_many_examples",
+            )
 
     def _generate(self, instruction: str, pos_examples: list[dict[str, str]]) -> Entry:
         """On the worker: the hypernetwork call (truncating as ``tagi generate`` does), cached by id."""
@@ -141,8 +156,11 @@ class Service:
             return entry
         recipe = self.cache.recipe(key)
         if recipe is None:
-            raise ApiError(404, f"unknown adapter '{key[:64]}' (make one with POST /v1/adapters)",
-                           code="adapter_not_found")  # fmt: skip
+            raise ApiError(
+                404,
+                f"unknown adapter '{key[:64]}' (make one with POST /v1/adapters)",
+                code="adapter_not_found",
+            )
         return await self.make_adapter(recipe["instruction"], recipe["pos_examples"])
 
     async def peft_zip(self, key: str) -> bytes:
@@ -177,16 +195,25 @@ class Service:
         if not inputs:
             raise ApiError(400, "no prompt given", code="empty_prompt")
         if len(inputs) > self.limits.max_prompts:
-            raise ApiError(400, f"{len(inputs)} prompts in one request, the limit is {self.limits.max_prompts}",
-                           code="too_many_prompts")  # fmt: skip
+            raise ApiError(
+                400,
+                f"{len(inputs)} prompts in one request, the limit is {self.limits.max_prompts}",
+                code="too_many_prompts",
+            )
         longest = max(len(x) for x in inputs)
         if longest > self.limits.max_input_chars:
-            raise ApiError(400, f"prompt of {longest} characters is over the limit of "
-                           f"{self.limits.max_input_chars}", code="prompt_too_long")  # fmt: skip
+            raise ApiError(
+                400,
+                f"prompt of {longest} characters is over the limit of {self.limits.max_input_chars}",
+                code="prompt_too_long",
+            )
         limit = max_tokens if max_tokens is not None else min(self.default_tokens, self.max_tokens)
         if not 1 <= limit <= self.max_tokens:
-            raise ApiError(400, f"max_tokens must be between 1 and {self.max_tokens} (got {limit})",
-                           code="max_tokens_out_of_range")  # fmt: skip
+            raise ApiError(
+                400,
+                f"max_tokens must be between 1 and {self.max_tokens} (got {limit})",
+                code="max_tokens_out_of_range",
+            )
         if temperature < 0 or not 0 < top_p <= 1:
             raise ApiError(400, f"need temperature >= 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
         return limit
