@@ -21,7 +21,6 @@ read; CORS is off unless origins are given; every error is a JSON body ``{"error
 from __future__ import annotations
 
 import hmac
-import json
 import time
 from importlib import resources
 from pathlib import Path
@@ -34,7 +33,9 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tagi.data.builtin import BUILTIN_TEST, make_builtin_task
 from tagi.errors import TagiError
+from tagi.serve.openai_api import install_openai_routes
 from tagi.serve.service import ApiError, Service
 
 STATIC = Path(str(resources.files("tagi.serve") / "static"))
@@ -161,8 +162,6 @@ def _install_metrics(app: FastAPI, service: Service) -> None:
 
 
 def _builtin_tasks() -> list[dict]:
-    from tagi.data.builtin import BUILTIN_TEST, make_builtin_task
-
     out = []
     for name in BUILTIN_TEST:
         task = make_builtin_task(name, num_instances=3)
@@ -216,8 +215,6 @@ def _install_adapter_routes(app: FastAPI, service: Service, guard) -> None:
 
 def create_app(service: Service, token: str | None = None, cors_origins: list[str] | tuple = ()) -> FastAPI:
     """The FastAPI app around a :class:`Service` (see the module docstring)."""
-    from tagi.serve.openai_api import install_openai_routes
-
     app = FastAPI(title="tagi serve", docs_url=None, redoc_url=None, openapi_url=None)
     guard = bearer_guard(token)
     _install_errors(app)
@@ -258,8 +255,3 @@ def create_app(service: Service, token: str | None = None, cors_origins: list[st
     install_openai_routes(app, service, guard)
     app.state.service = service
     return app
-
-
-def dumps_event(payload: dict | str) -> str:
-    """One server-sent event line (``data: <json>``)."""
-    return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"

@@ -17,6 +17,7 @@ has started is sent as an ``{"error": ...}`` event. ``n`` > 1 and ``stop`` seque
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -93,11 +94,14 @@ def _usage(done: list[Completion]) -> dict[str, int]:
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
+def dumps_event(payload: dict | str) -> str:
+    """One server-sent event line (``data: <json>``)."""
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
 async def _events(service: Service, pending: Pending, first: list[dict], piece, final) -> AsyncIterator[str]:
     """Server-sent events: ``first``, a chunk per decoded text piece (``piece(row, text)``) as the worker
     produces it, the closing chunks (``final(completions)``) or an error object, then ``[DONE]``."""
-    from tagi.serve.app import dumps_event
-
     queue = pending.queue
 
     async def finish() -> None:
