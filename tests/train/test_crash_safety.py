@@ -192,7 +192,7 @@ def _weights(stage_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("stage", list(RUNNERS))
-def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(stage, straight, tmp_path):
+def test_sigkill_at_random_points_of_progress_then_resume_gives_the_same_weights(stage, straight, tmp_path):
     reference, startup_file_ops = straight
     out = tmp_path / "killed"
     if stage == "finetune":  # the same teachers as the reference run
