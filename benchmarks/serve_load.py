@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(run_cell(tagi, a, n, args))
             print_cell(cells[-1])
     tmp.cleanup()
-    result = {"checkpoint": args.checkpoint, "base_model": tagi.backbone.cfg.name, "max_tokens": args.max_tokens,
+    shown = Path(args.checkpoint).resolve()
+    shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
+    result = {"checkpoint": str(shown), "base_model": tagi.backbone.cfg.name, "max_tokens": args.max_tokens,
               "requests_per_client": args.requests, "modes": MODES, "cells": cells, "skipped_cells": skipped,
               "total_errors": sum(r["errors"] for c in cells for r in c["runs"]),
               **provenance("serve_load.py", argv, args.threads, load_start)}  # fmt: skip

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 from benchtools import missing_sni_dir, provenance
+from sni_smollm2 import relative_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "bench-sni-smollm2.yaml"
@@ -153,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)  # fmt: skip
     out = {"levers": rows, "overrides": {n: [*COMMON, *LEVERS[n]] for n in args.levers}, "steps": args.steps,
            "validation_instances": VAL_INSTANCES, "configs": configs, "seed": 0,
-           **provenance(__file__, argv if argv is not None else sys.argv[1:], torch.get_num_threads(), load_start)}  # fmt: skip
-    Path(args.results).write_text(json.dumps(out, indent=2) + "\n")
+           **provenance("specificity_levers.py", argv if argv is not None else sys.argv[1:], torch.get_num_threads(), load_start)}  # fmt: skip
+    Path(args.results).write_text(json.dumps(relative_paths(out), indent=2) + "\n")
     print(f"results: {args.results}")
     return 0
 
