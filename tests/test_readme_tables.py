@@ -111,6 +111,32 @@ def lr_rows(srcs: list[dict]) -> dict:
     return {labels.get(lr, lr): [None, *_sweep_cells(p), test.get(lr)] for lr, p in by_lr.items()}
 
 
+def serve_rows(srcs: list[dict]) -> dict:
+    rows = {}
+    for c in srcs[0]["cells"]:
+        b, s = c["runs"]
+        rows[f"{c['adapters']} × {c['clients']}"] = [
+            None, [b["completions_per_s"]], [s["completions_per_s"]],
+            [c["throughput_ratio_batched_vs_one_at_a_time"]], [b["p50_ms"], b["p95_ms"]],
+            [b["errors"] + s["errors"]], None,
+        ]  # fmt: skip
+    return rows
+
+
+def lever_rows(srcs: list[dict]) -> dict:
+    return {
+        name: [
+            None,
+            [x["rougeL"]],
+            [x["swap_delta"]],
+            [x["alone"]],
+            [x["val_spread"]["task_specific_share"], x["test_spread"]["task_specific_share"]],
+            [x["val_ce"]["val_ce_pos0"]],
+        ]  # fmt: skip
+        for name, x in srcs[0]["levers"].items()
+    }
+
+
 TABLES = {
     "method (Rouge-L / exact match on unseen tasks)": Table(
         ("docs/demo/results.json",), _methods_table(DEMO_ROWS, ("Def", "Def+2Pos"))
@@ -128,6 +154,12 @@ TABLES = {
             "benchmarks/results/sni-smollm2/results.json",
         ),
         lr_rows,
+    ),
+}
+TABLES |= {
+    "adapters × clients": Table(("benchmarks/results/serve_load.json",), serve_rows),
+    "lever (CE only, 128 steps, task_group 4)": Table(
+        ("benchmarks/results/specificity_levers.json",), lever_rows
     ),
 }
 UNCHECKED = {"module"}  # tables without results (the design table)
