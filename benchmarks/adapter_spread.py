@@ -27,7 +27,7 @@ from tagi.backbones import load_backbone
 from tagi.config import load_config
 from tagi.data import format_instruction
 from tagi.data.select import load_tasks
-from tagi.evaluate.compare import adapter_spread
+from tagi.evaluate.compare import adapter_spread, generated_spread
 from tagi.evaluate.methods import METHODS
 from tagi.lora import LoraWeights
 from tagi.model import InstructionCache, TagiModel
@@ -42,16 +42,6 @@ def checkpoint(run: Path, name: str) -> Path:
     """The ``final`` checkpoint of a hypernetwork method in the run folder (see tagi.evaluate.harness)."""
     spec = METHODS[name]
     return run / "finetune" / "final" if not spec.variant else run / "methods" / name / "final"
-
-
-@torch.no_grad()
-def generated(model: TagiModel, texts: list[str], cache: InstructionCache, batch: int = 8) -> LoraWeights:
-    """Adapters for the texts (one per text; the evaluation's instruction encoding and hypernet call).
-
-    The encodings come from the frozen base model, so one ``cache`` serves every checkpoint.
-    """
-    parts = [model.adapters(texts[i : i + batch], cache).detach() for i in range(0, len(texts), batch)]
-    return LoraWeights.stack(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         model = TagiModel.load(ckpt, bb)
         hyper_texts = [""] * len(texts) if METHODS[name].hyper_input == "empty" else texts
-        rows[name] = adapter_spread(generated(model, hyper_texts, cache).gram()) | {"checkpoint": str(ckpt)}
+        rows[name] = generated_spread(model, hyper_texts, cache=cache) | {"checkpoint": str(ckpt)}
     print(
         f"\n{'adapters':40s} {'n':>4s} {'mean cosine':>12s} {'task-specific share':>20s} {'mean norm':>10s}"
     )

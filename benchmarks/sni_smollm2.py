@@ -86,7 +86,8 @@ def publish(eval_dir: Path, dest: Path, wall_s: float, command: str) -> None:
     results = relative_paths(json.loads(target.read_text()))
     same = "config" in previous and same_settings(previous["config"], results["config"])
     history = previous.get("benchmark_invocations", []) if same else []
-    run = {"command": command, "wall_s": round(wall_s, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    run = {"command": relative_text(command), "wall_s": round(wall_s, 1)}
+    run["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     results["benchmark_invocations"] = [*history, run]
     tmp = dest / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2) + "\n")

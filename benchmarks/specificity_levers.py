@@ -64,39 +64,11 @@ def lever_config(name: str, sni_dir: str, out: Path, steps: int, config: Path = 
     ), run / f"finetune-{name}"  # fmt: skip
 
 
-@torch.no_grad()
-def decode_score(model, tasks, adapters_from: dict[str, str], mode: str) -> float:
-    """Mean Rouge-L over the tasks' first instances at Def; ``adapters_from[task]`` is what the
-    hypernetwork reads, the prompt holds the task's own instruction (``mode="fuse"``) or none."""
-    from tagi.data.select import task_examples
-    from tagi.evaluate.decoding import new_token_budget
-    from tagi.evaluate.metrics import score_records
-
-    records = []
-    for task in tasks:
-        examples = task_examples(task, 0, VAL_INSTANCES)
-        weights = model.adapters([adapters_from[task.name]])
-        budget = new_token_budget(task, model.bb, 1.5)
-        outputs = model.bb.generate(examples, weights, mode, max_new_tokens=budget)
-        records += [
-            {"task": task.name, "prediction": o, "references": list(i.outputs)}
-            for o, i in zip(outputs, task.instances[:VAL_INSTANCES], strict=True)
-        ]
-    return score_records(records)["overall"]["rougeL"]
-
-
-@torch.no_grad()
-def spread(model, texts: list[str]) -> dict:
-    from tagi.evaluate.compare import adapter_spread
-    from tagi.lora import LoraWeights
-
-    parts = [model.adapters(texts[i : i + 8]) for i in range(0, len(texts), 8)]
-    return adapter_spread(LoraWeights.stack(parts).gram())
-
-
 def measure(cfg, folder: Path, backbone) -> dict:
     from tagi.data import format_instruction
     from tagi.data.select import load_tasks
+    from tagi.evaluate.compare import generated_spread
+    from tagi.evaluate.validation import decoded_rouge
     from tagi.model import TagiModel
     from tagi.train.common import read_done, training_tasks
 
@@ -105,14 +77,16 @@ def measure(cfg, folder: Path, backbone) -> dict:
     own = {t.name: format_instruction(t, 0) for t in val}
     names = sorted(own)
     other = {n: own[names[(i + 1) % len(names)]] for i, n in enumerate(names)}
-    true = decode_score(model, val, own, "fuse")
-    swapped = decode_score(model, val, other, "fuse")
-    alone = decode_score(model, val, own, "none")
+    true, swapped, alone = (
+        decoded_rouge(model, val, hyper, mode, 0, VAL_INSTANCES, 1.5)
+        for hyper, mode in ((own, "fuse"), (other, "fuse"), (own, "none"))
+    )
     test_texts = [format_instruction(t, 0) for t in load_tasks(cfg.data, "test")]
     done = read_done(folder)
     return {
         "rougeL": true, "swap_delta": true - swapped, "alone": alone,
-        "val_spread": spread(model, [own[n] for n in names]), "test_spread": spread(model, test_texts),
+        "val_spread": generated_spread(model, [own[n] for n in names]),
+        "test_spread": generated_spread(model, test_texts),
         "val_ce": done.get("validation"), "finetune_s": done.get("wall_time_s"),
     }  # fmt: skip
 

@@ -82,6 +82,17 @@ ABLATION_ROWS = {
     "TAGI given an empty instruction": "tagi-empty-instruction",
     "oracle: LoRA trained on up to 8 other instances of the test task (2 steps; not zero-shot; see below)": "oracle",
 }
+SPECIFIC = "benchmarks/results/sni-smollm2-specific/results.json"
+SPECIFIC_ROWS = {
+    "copy-demo (the first demonstration's output; no model)": "copy-demo",
+    "majority (the most frequent demonstration output; no model)": "majority",
+    "no-finetune (instruction in context)": "no-finetune",
+    "multitask-lora (one LoRA for all training tasks, instruction in context)": "multitask-lora",
+    "t2l-like (sentence encoder, MLP heads, CE only, no pretraining)": "t2l-like",
+    "tagi-no-hypernet (one learned adapter, same training)": "tagi-no-hypernet",
+    "TAGI (= hint-like here: CE only)": "tagi",
+    "TAGI given another task's instruction": "tagi-other-instruction",
+}
 NO_VALIDATION = {"tagi-empty-instruction", "oracle"}  # evaluated with another method's checkpoint, or none
 
 
@@ -155,6 +166,26 @@ TABLES = {
         ),
         lr_rows,
     ),
+}
+
+
+def specific_paired_rows(srcs: list[dict]) -> dict:
+    res = srcs[0]
+    methods = [m for m in SPECIFIC_ROWS.values() if m != "tagi"]
+    return {f"TAGI − {m}": [None, *(paired(res, m, s) for s in ("Def", "Def+2Pos"))] for m in methods}
+
+
+def specificity_rows(srcs: list[dict]) -> dict:
+    spec = srcs[0]["adapter_specificity"]
+    return {m: [None, [spec[m]["task_specific_share"]], [spec[m]["mean_cosine"]]] for m in spec}
+
+
+TABLES |= {
+    "method (Rouge-L / EM, 83 unseen tasks, task-specific settings)": Table(
+        (SPECIFIC,), _methods_table(SPECIFIC_ROWS, ("Def", "Def+2Pos"))
+    ),
+    "paired over the 83 tasks": Table((SPECIFIC,), specific_paired_rows),
+    "generated adapters (83 test instructions, Def)": Table((SPECIFIC,), specificity_rows),
 }
 TABLES |= {
     "adapters × clients": Table(("benchmarks/results/serve_load.json",), serve_rows),

@@ -130,3 +130,13 @@ def adapter_spread(gram: torch.Tensor) -> dict:
         "task_specific_share": float(1 - g.sum() / (n * energy)) if energy > 0 else 0.0,
         "mean_norm": float(norms.mean()),
     }
+
+
+@torch.no_grad()
+def generated_spread(model, texts: list[str], batch: int = 8, cache=None) -> dict:
+    """:func:`adapter_spread` of the adapters a hypernetwork (``TagiModel``) generates from ``texts``, one
+    per text, in batches of ``batch`` (``cache``: an ``InstructionCache`` shared across checkpoints)."""
+    from tagi.lora import LoraWeights
+
+    parts = [model.adapters(texts[i : i + batch], cache).detach() for i in range(0, len(texts), batch)]
+    return adapter_spread(LoraWeights.stack(parts).gram())

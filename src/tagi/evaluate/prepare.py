@@ -20,7 +20,7 @@ from tagi.adapters import ADAPTER_WEIGHTS, load_adapter
 from tagi.backbones.base import PromptMode
 from tagi.config import ConfigError
 from tagi.data.sni import Task
-from tagi.evaluate.compare import adapter_spread
+from tagi.evaluate.compare import generated_spread
 from tagi.evaluate.methods import MethodSpec, instructions_for, prompt_mode, setting_name, variant_config
 from tagi.files import file_sha256
 from tagi.lora import LoraWeights
@@ -93,6 +93,4 @@ def adapter_specificity(prep: Prepared, tasks: list[Task], num_pos: int, batch: 
     mean pairwise cosine of the updates dW.
     """
     texts = [instructions_for(prep.spec, t, num_pos, {}, None)[1] for t in tasks]
-    parts = [prep.model.adapters(texts[i : i + batch]) for i in range(0, len(texts), batch)]
-    spread = adapter_spread(LoraWeights.stack(parts).gram())
-    return spread | {"setting": setting_name(num_pos)}
+    return generated_spread(prep.model, texts, batch) | {"setting": setting_name(num_pos)}

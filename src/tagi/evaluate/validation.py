@@ -23,6 +23,7 @@ from tagi.backbones import Backbone
 from tagi.config import ExperimentConfig
 from tagi.data import format_instruction
 from tagi.data.select import load_tasks, split_validation, task_examples
+from tagi.data.sni import Task
 from tagi.evaluate.decoding import new_token_budget
 from tagi.evaluate.metrics import score_records
 from tagi.files import write_json
@@ -52,16 +53,35 @@ def decoded_validation(
     mode = "fuse" if cfg.finetune.fusion else "none"
     scores = {}
     for k in sorted(set(cfg.finetune.student_num_pos)):
-        records = []
-        for task in tasks:
-            examples = task_examples(task, k, instances)
-            weights = model.adapters([format_instruction(task, k)])
-            budget = new_token_budget(task, backbone, cfg.evaluate.new_tokens_from_examples)
-            outputs = backbone.generate(examples, weights, mode, max_new_tokens=budget)
-            records += [
-                {"task": task.name, "prediction": o, "references": list(i.outputs)}
-                for o, i in zip(outputs, task.instances[:instances], strict=True)
-            ]
-        scores[f"val_rougeL_pos{k}"] = score_records(records)["overall"]["rougeL"]
+        own = {t.name: format_instruction(t, k) for t in tasks}
+        factor = cfg.evaluate.new_tokens_from_examples
+        scores[f"val_rougeL_pos{k}"] = decoded_rouge(model, tasks, own, mode, k, instances, factor)
     write_json(cache, {"key": key, "scores": scores})
     return scores
+
+
+@torch.no_grad()
+def decoded_rouge(
+    model: TagiModel,
+    tasks: list[Task],
+    hyper_texts: dict[str, str],
+    mode: str,
+    num_pos: int,
+    instances: int,
+    budget_factor: float,
+) -> float:
+    """Rouge-L (x100) over the first ``instances`` instances of every task, decoded greedily with the
+    adapter the hypernetwork generates from ``hyper_texts[task]``; the prompt holds the task's own
+    instruction with ``num_pos`` demonstrations (``mode="fuse"``) or none (``"none"``), and the decoding
+    budget comes from the task's positive examples (:func:`~tagi.evaluate.decoding.new_token_budget`)."""
+    records = []
+    for task in tasks:
+        examples = task_examples(task, num_pos, instances)
+        weights = model.adapters([hyper_texts[task.name]])
+        budget = new_token_budget(task, model.bb, budget_factor)
+        outputs = model.bb.generate(examples, weights, mode, max_new_tokens=budget)
+        records += [
+            {"task": task.name, "prediction": o, "references": list(i.outputs)}
+            for o, i in zip(outputs, task.instances[:instances], strict=True)
+        ]
+    return score_records(records)["overall"]["rougeL"]
