@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tagi.backbones import PromptExample
-from tagi.backbones.base import IGNORE
+from tagi.backbones.base import IGNORE, pad_left
 from tagi.lora import LoraWeights, apply_lora
 from tagi_testing import assert_close64, float64_copy, random_adapter
 
@@ -168,7 +168,8 @@ def test_causal_rows_that_stop_leave_the_batch(backbones, monkeypatch, per_row):
         hook.remove()
     alone = [bb.generate([e], row_adapter[i], "fuse", max_new_tokens=8)[0] for i, e in enumerate(EXS)]
     assert together == alone
-    decode_sizes = sizes[1:] if not per_row else sizes  # a shared adapter first encodes the prefix once
+    prefix_rows, decode_sizes = sizes[0], sizes[1:]  # the prefix runs first, once per distinct adapter
+    assert prefix_rows == (3 if per_row else 1)
     assert decode_sizes[0] == 3 and min(decode_sizes) < 3 and len(decode_sizes) == 8
 
 
@@ -193,6 +194,62 @@ def test_generate_with_per_example_adapters_matches_single(backbone):
     mixed = bb.generate(EXS, w, "fuse", max_new_tokens=5)
     single = [bb.generate([e], w.index([i]), "fuse", max_new_tokens=5)[0] for i, e in enumerate(EXS)]
     assert mixed == single
+
+
+INS2 = "Definition: Answer with the input word written backwards.\n\n"
+
+
+def _two_task_rows(bb):
+    """Four rows of two tasks (instructions of different lengths), each task with its own adapter."""
+    torch.manual_seed(11)
+    w = random_adapter(bb, 2, scale=1.0, dtype=torch.float64)  # [U=2] distinct adapters
+    exs = [EXS[0], PromptExample(INS2, EXS[1].source, ""), EXS[2], PromptExample(INS2, EXS[0].source, "")]
+    return exs, w, [0, 1, 0, 1]
+
+
+def test_causal_distinct_prefixes_cache_equals_full_prompts(backbones):
+    """Prefixes of different lengths (right-padded, one run per distinct prefix + adapter) then left-padded
+    sources: every row's next-token logits equal its whole prompt run alone with its adapter."""
+    bb = float64_copy(backbones["tiny-llama"])
+    exs, w, rows = _two_task_rows(bb)
+    prefixes = [bb.prefix_ids(e.instruction, "fuse") for e in exs]
+    assert len({len(p) for p in prefixes}) == 2
+    cache, pmask = bb._prefix_cache(prefixes, rows, w)
+    assert pmask.shape[0] == 4 and cache.get_seq_length() == max(len(p) for p in prefixes)
+    suffix, smask = pad_left([bb.suffix_ids(e.source) for e in exs], bb.pad_id)
+    attn = torch.cat([pmask, smask], 1)
+    pos = (attn.cumsum(-1) - 1).clamp_min(0)[:, pmask.shape[1] :]
+    with torch.no_grad(), apply_lora(bb.model, w.index(rows)):
+        got = bb.model(input_ids=suffix, attention_mask=attn, position_ids=pos, cache=cache).logits[:, -1]
+    for i, e in enumerate(exs):
+        full = torch.tensor([bb.prompt_ids(e.instruction, e.source, "fuse")])
+        with torch.no_grad(), apply_lora(bb.model, w.index([rows[i]])):
+            ref = bb.model(input_ids=full).logits[:, -1]
+        assert_close64(got[i : i + 1], ref)
+
+
+def test_causal_rows_of_a_few_adapters_encode_each_prefix_once(backbones):
+    """``adapter_rows``: 4 rows over 2 adapters run 2 prefixes, and decode as each row alone does."""
+    bb = float64_copy(backbones["tiny-llama"])  # see GREEDY
+    exs, w, rows = _two_task_rows(bb)
+    sizes = []
+    hook = bb.model.register_forward_pre_hook(
+        lambda m, args, kwargs: sizes.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+    try:
+        together = bb.generate(exs, w, "fuse", max_new_tokens=6, adapter_rows=rows)
+    finally:
+        hook.remove()
+    assert sizes[0][0] == 2 and sizes[1][0] == 4  # 2 distinct prefixes, then 4 rows decode
+    alone = [bb.generate([e], w.index([rows[i]]), "fuse", max_new_tokens=6)[0] for i, e in enumerate(exs)]
+    per_row = bb.generate(exs, w.index(rows), "fuse", max_new_tokens=6)  # no sharing: 4 prefix runs
+    assert together == alone == per_row
+
+
+def test_adapter_rows_must_name_every_example(backbones):
+    bb = backbones["tiny-llama"]
+    with pytest.raises(ValueError, match="adapter_rows"):
+        bb.generate(EXS, random_adapter(bb, 2), "fuse", max_new_tokens=2, adapter_rows=[0, 1])
 
 
 def test_sequence_nll_prefers_trained_answer(backbone):

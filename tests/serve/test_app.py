@@ -151,6 +151,43 @@ def test_metrics_prometheus_text(server):
     assert 'endpoint="/v1/adapters"' in text
 
 
+def sample(text: str, name: str, **labels: str) -> float:
+    """One sample's value from Prometheus text (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+def test_a_repeated_adapter_request_skips_the_hypernetwork(server):
+    c = server.client
+    runs = sample(c.get("/metrics").text, "tagi_adapter_generation_seconds_count")
+    first = make(c, "Sort the letters of every word")
+    again = make(c, "Sort the letters of every word")
+    assert first["cached"] is False and again["cached"] is True
+    assert again["id"] == first["id"] and again["generation_s"] == first["generation_s"]
+    other = make(c, "Sort the letters of every word", pos_examples=[{"input": "ba", "output": "ab"}])
+    assert other["cached"] is False and other["id"] != first["id"]  # other examples: another recipe
+    text = c.get("/metrics").text
+    assert sample(text, "tagi_adapter_generation_seconds_count") == runs + 2
+    assert sample(text, "tagi_adapter_cache_hits_total") >= 1
+
+
+def test_a_refused_body_is_counted_under_its_endpoint(server):
+    c, limits = server.client, server.service.limits
+    label = {"endpoint": "/v1/completions", "status": "413"}
+    before = sample(c.get("/metrics").text, "tagi_requests_total", **label)
+    error_of(c.post("/v1/completions", content=b"x" * (limits.max_body_bytes + 1)), 413)
+    error_of(c.post("/no/such/route", content=b"x" * (limits.max_body_bytes + 1)), 413)
+    text = c.get("/metrics").text
+    assert sample(text, "tagi_requests_total", **label) == before + 1
+    assert sample(text, "tagi_requests_total", endpoint="other", status="413") >= 1
+    assert "/no/such/route" not in text  # a client's path never becomes a label
+
+
 @pytest.mark.parametrize(
     ("path", "content", "status", "message"),
     [

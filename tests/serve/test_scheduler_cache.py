@@ -25,15 +25,17 @@ def test_batch_key_ignores_the_adapter_but_not_the_decoding_settings(backbones):
     assert batch_key(seeded[0], "causal") == batch_key(seeded[1], "causal") != batch_key(seeded[2], "causal")
 
 
-def test_stack_rows_gives_each_row_its_adapter_and_base_rows_zeros(backbones):
+def test_stack_rows_gives_each_distinct_adapter_once_and_base_rows_zeros(backbones):
     bb = backbones["tiny-llama"]
     w1, w2 = random_adapter(bb, 1), random_adapter(bb, 1)
-    assert stack_rows([Row(None, "", "s", "fuse", 8)]) is None
-    assert stack_rows([Row(w1, "", "s", "fuse", 8), Row(w1, "", "t", "fuse", 8)]) is w1  # shared: batch 1
-    mixed = stack_rows(
-        [Row(w2, "", "s", "fuse", 8), Row(None, "", "s", "fuse", 8), Row(w1, "", "s", "fuse", 8)]
-    )
-    assert isinstance(mixed, LoraWeights) and mixed.batch_size == 3
+    assert stack_rows([Row(None, "", "s", "fuse", 8)]) == (None, None)
+    shared, rows = stack_rows([Row(w1, "", "s", "fuse", 8), Row(w1, "", "t", "fuse", 8)])
+    assert shared is w1 and rows is None  # one adapter for the batch: passed once, batch 1
+    mixed, rows = stack_rows(
+        [Row(w2, "", "s", "fuse", 8), Row(None, "", "s", "fuse", 8), Row(w1, "", "s", "fuse", 8),
+         Row(w2, "", "t", "fuse", 8), Row(None, "", "t", "fuse", 8)]
+    )  # fmt: skip
+    assert isinstance(mixed, LoraWeights) and mixed.batch_size == 3 and rows == [0, 1, 2, 0, 1]
     name = w1.names[0]
     assert torch.equal(mixed.A[name][0], w2.A[name][0]) and torch.equal(mixed.A[name][2], w1.A[name][0])
     assert not mixed.A[name][1].any() and not mixed.B[name][1].any()
@@ -96,7 +98,9 @@ class StubBackbone:
     def __init__(self):
         self.finished = False
 
-    def generate(self, examples, weights, mode, max_tokens, temperature, top_p, on_step=None):
+    def generate(
+        self, examples, weights, mode, max_tokens, temperature, top_p, on_step=None, adapter_rows=None
+    ):
         for t in (2, 1, 3, 0):
             on_step(torch.tensor([0]), torch.tensor([t]))
         self.finished = True

@@ -284,8 +284,12 @@ class Backbone(ABC):
         temperature: float = 0.0,
         top_p: float = 1.0,
         generator: torch.Generator | None = None,
+        adapter_rows: Sequence[int] | None = None,
     ) -> list[str]:
-        """Decode outputs for examples (greedy when ``temperature == 0``)."""
+        """Decode outputs for examples (greedy when ``temperature == 0``).
+
+        ``adapter``: one adapter for every example (batch 1), one per example (batch N), or ``U`` distinct
+        adapters with ``adapter_rows[i]`` the one example ``i`` uses."""
 
     def sequence_nll(self, batch: ModelBatch, adapter: LoraWeights | None = None) -> torch.Tensor:
         """Token-averaged negative log-likelihood of each example's target, ``[N]`` (rank classification)."""

@@ -207,31 +207,60 @@ class CausalBackbone(Backbone):
         top_p: float = 1.0,
         generator: torch.Generator | None = None,
         on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+        adapter_rows: Sequence[int] | None = None,
     ) -> list[str]:
         """Decode outputs for examples; ``on_step(rows [A], tokens [A])``, if given, is called after every step
-        with the (original) indices of the rows still decoding and the token each just produced (streaming)."""
+        with the (original) indices of the rows still decoding and the token each just produced (streaming).
+
+        ``adapter`` is one adapter for every row (batch 1), one per row (batch N), or, with ``adapter_rows``,
+        ``U`` distinct adapters of which row ``i`` uses ``adapter_rows[i]``. Rows with the same prefix and
+        the same adapter share one key/value cache of the prefix (:meth:`_prefix_cache`).
+        """
         n = len(examples)
+        adapter, groups = _row_adapters(adapter, adapter_rows, n)
         prefixes = [self.prefix_ids(e.instruction, mode) for e in examples]
         suffixes = [self.suffix_ids(e.source) for e in examples]
-        shared = all(p == prefixes[0] for p in prefixes) and (adapter is None or adapter.batch_size == 1)
-        dev = self.device
-        cache, prefix_len = None, 0
-        if shared and prefixes[0]:
-            # the instruction prefix is encoded once (adapter active) and its cache reused by all rows
-            pre = torch.tensor([prefixes[0]], device=dev)
-            with apply_lora(self.model, adapter):
-                cache = self.model(input_ids=pre, use_cache=True, logits_to_keep=1).cache
-            cache.batch_repeat_interleave(n)
-            prefix_len = pre.shape[1]
-            ids, mask = pad_left(suffixes, self.pad_id)
+        dev, cache = self.device, None
+        if prefixes[0]:  # the mode and the chat head are the batch's: every prefix is empty, or none is
+            cache, prefix_mask = self._prefix_cache(prefixes, groups, adapter)
         else:
-            ids, mask = pad_left([p + s for p, s in zip(prefixes, suffixes)], self.pad_id)
+            prefix_mask = torch.ones(n, 0, dtype=torch.long, device=dev)
+        ids, mask = pad_left(suffixes, self.pad_id)
         ids, mask = ids.to(dev), mask.to(dev)
-        attn = torch.cat([torch.ones(n, prefix_len, dtype=torch.long, device=dev), mask], 1)
-        pos = (attn.cumsum(-1) - 1).clamp_min(0)[:, prefix_len:]
+        attn = torch.cat([prefix_mask, mask], 1)  # [N, P + S]: the padding holes are masked out
+        pos = (attn.cumsum(-1) - 1).clamp_min(0)[:, prefix_mask.shape[1] :]  # counting each row's prefix
         return self._decode_loop(
             ids, attn, pos, cache, adapter, max_new_tokens, temperature, top_p, generator, on_step
         )
+
+    def _prefix_cache(
+        self, prefixes: list[list[int]], groups: list[Any], adapter: LoraWeights | None
+    ) -> tuple[Any, torch.Tensor]:
+        """The key/value cache of every row's prefix, each distinct (prefix, adapter) pair computed once.
+
+        The ``U`` distinct prefixes run right-padded as one batch ``[U, P]``, each with its adapter active
+        (exactly as a PEFT model with that adapter computes it), and the cache is then gathered to the
+        ``N`` rows. One task's rows (``tagi predict``, the evaluation) thus encode its instruction once; a
+        server batch of rows for a few adapters encodes each adapter's instruction once. Returns the cache
+        and the prefix mask ``[N, P]``.
+        """
+        keys = [(tuple(p), g) for p, g in zip(prefixes, groups)]
+        unique = list(dict.fromkeys(keys))
+        index = {k: u for u, k in enumerate(unique)}
+        rows = torch.tensor([index[k] for k in keys], dtype=torch.long, device=self.device)  # [N]
+        first = [keys.index(k) for k in unique]  # a row of each distinct prefix
+        pre, pmask = pad_right([list(k[0]) for k in unique], self.pad_id)
+        pre, pmask = pre.to(self.device), pmask.to(self.device)
+        per_row = adapter is not None and adapter.batch_size > 1
+        # one prefix has no padding: no mask, the computation `tagi predict` and the evaluation always made
+        mask = {"attention_mask": pmask} if len(unique) > 1 else {}
+        with apply_lora(self.model, adapter.index(first) if per_row else adapter):
+            cache = self.model(input_ids=pre, use_cache=True, logits_to_keep=1, **mask).cache
+        if len(unique) == 1:
+            cache.batch_repeat_interleave(len(keys))
+        else:
+            cache.batch_select_indices(rows)  # [U] -> [N]
+        return cache, pmask[rows]
 
     def _decode_loop(
         self, ids, attn, pos, cache, adapter, max_new_tokens, temperature, top_p, generator, on_step=None
@@ -280,3 +309,24 @@ class CausalBackbone(Backbone):
             cut = next((i for i, t in enumerate(row) if t in self.stop_ids), len(row))
             texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
         return texts
+
+
+def _row_adapters(
+    adapter: LoraWeights | None, adapter_rows: Sequence[int] | None, n: int
+) -> tuple[LoraWeights | None, list[Any]]:
+    """``(adapter for the decode loop, each row's adapter group)``: batch 1 stays shared (every row in group
+    0); ``U`` distinct adapters with ``adapter_rows`` are gathered to one row each, rows with the same
+    distinct adapter in the same group; ``N`` per-row adapters are each their own group."""
+    if adapter is None:
+        return None, [0] * n
+    if adapter_rows is not None:
+        if len(adapter_rows) != n:
+            raise ValueError(f"adapter_rows has {len(adapter_rows)} entries for {n} examples")
+        if adapter.batch_size == 1:
+            return adapter, [0] * n
+        return adapter.index(list(adapter_rows)), list(adapter_rows)
+    if adapter.batch_size == 1:
+        return adapter, [0] * n
+    if adapter.batch_size != n:
+        raise ValueError(f"an adapter batch of {adapter.batch_size} for {n} examples")
+    return adapter, list(range(n))

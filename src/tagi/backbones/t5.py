@@ -151,7 +151,10 @@ class T5Backbone(Backbone):
         temperature: float = 0.0,
         top_p: float = 1.0,
         generator: torch.Generator | None = None,
+        adapter_rows: Sequence[int] | None = None,
     ) -> list[str]:
+        if adapter_rows is not None and adapter is not None and adapter.batch_size > 1:
+            adapter = adapter.index(list(adapter_rows))  # [U] distinct adapters -> [N], one per row
         batch = self.collate(examples, mode).to(self.device)
         if batch.fuse_ids is not None and len({e.instruction for e in examples}) == 1:
             # one task: encode its instruction once and share it across the batch

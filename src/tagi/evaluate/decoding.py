@@ -97,9 +97,11 @@ def generate_jobs(
     shared = all(a is adapters[0] for a in adapters)  # no adapter, or one adapter for every task
     stacked = adapters[0] if shared else LoraWeights.stack(adapters)  # [num_tasks]
     for chunk in _chunks(flat, ev.batch_size):
-        weights = stacked if shared else stacked.index([k for _, k in chunk])  # [len(chunk)] per example
+        rows = None if shared else [k for _, k in chunk]  # each example's task: its adapter and prefix cache
         budget = max(jobs[k].max_new_tokens or limit for _, k in chunk)
-        outputs += backbone.generate([e for e, _ in chunk], weights, mode, max_new_tokens=budget)
+        outputs += backbone.generate(
+            [e for e, _ in chunk], stacked, mode, max_new_tokens=budget, adapter_rows=rows
+        )
     if bar is not None:
         bar.update(len(jobs))
     return outputs

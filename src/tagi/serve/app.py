@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -60,16 +61,22 @@ class _BodyTooLarge(Exception):
 class BodyLimit:
     """Pure ASGI middleware: refuse bodies over ``max_bytes`` by header, or while they are being read."""
 
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, on_refuse: Callable[[str, float], None] | None = None) -> None:
+        self.app, self.max_bytes, self.on_refuse = app, max_bytes, on_refuse
+
+    async def _refuse(self, scope, receive, send, t0: float) -> None:
+        error = ApiError(413, f"request body over the limit of {self.max_bytes} bytes", code="body_too_large")
+        await JSONResponse(error.body(), 413)(scope, receive, send)
+        if self.on_refuse is not None:
+            self.on_refuse(scope.get("path", ""), time.perf_counter() - t0)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        error = ApiError(413, f"request body over the limit of {self.max_bytes} bytes", code="body_too_large")
+        t0 = time.perf_counter()
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await JSONResponse(error.body(), 413)(scope, receive, send)
+            return await self._refuse(scope, receive, send, t0)
         seen, started = 0, False
 
         async def limited():
@@ -90,7 +97,7 @@ class BodyLimit:
             await self.app(scope, limited, tracked)
         except _BodyTooLarge:
             if not started:
-                await JSONResponse(error.body(), 413)(scope, receive, send)
+                await self._refuse(scope, receive, send, t0)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -182,8 +189,10 @@ def _install_adapter_routes(app: FastAPI, service: Service, guard) -> None:
 
     @app.post("/v1/adapters", dependencies=auth)
     async def make_adapter(req: AdapterRequest):
-        entry = await service.make_adapter(req.instruction, [e.model_dump() for e in req.pos_examples])
-        return entry.info()
+        entry, cached = await service.make_adapter(
+            req.instruction, [e.model_dump() for e in req.pos_examples]
+        )
+        return entry.info() | {"cached": cached}
 
     @app.get("/v1/adapters/{adapter_id}", dependencies=auth)
     async def adapter_info(adapter_id: str):
@@ -226,7 +235,12 @@ def create_app(service: Service, token: str | None = None, cors_origins: list[st
             allow_methods=["GET", "POST"],
             allow_headers=["authorization", "content-type"],
         )
-    app.add_middleware(BodyLimit, max_bytes=service.limits.max_body_bytes)
+
+    def refused(path: str, seconds: float) -> None:  # a known route's path, never a client's free text
+        known = {getattr(r, "path", None) for r in app.routes}
+        service.metrics.observe_request(path if path in known else "other", 413, seconds)
+
+    app.add_middleware(BodyLimit, max_bytes=service.limits.max_body_bytes, on_refuse=refused)
 
     @app.get("/", include_in_schema=False)
     async def page():

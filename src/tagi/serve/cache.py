@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tempfile
 import threading
 import zipfile
@@ -83,6 +84,7 @@ class AdapterCache:
         self.max_recipes = max_recipes
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._recipes: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._by_recipe: dict[str, str] = {}  # recipe (as canonical JSON) -> id, for every kept recipe
         self._bytes = 0
         self._lock = threading.Lock()
         self.evictions = 0
@@ -94,6 +96,13 @@ class AdapterCache:
                 self._entries.move_to_end(key)
                 self._recipes.move_to_end(key)
             return entry
+
+    def find(self, recipe: dict[str, Any]) -> Entry | None:
+        """The cached entry an equal recipe made, if it is still held (a repeated request skips the
+        hypernetwork); ``None`` otherwise."""
+        with self._lock:
+            key = self._by_recipe.get(_canonical(recipe))
+        return self.get(key) if key is not None else None
 
     def recipe(self, key: str) -> dict[str, Any] | None:
         """How to regenerate an id that was evicted (``None``: this server never made it)."""
@@ -108,12 +117,14 @@ class AdapterCache:
             self._bytes += adapter_bytes(entry.adapter)
             self._recipes[entry.id] = recipe
             self._recipes.move_to_end(entry.id)
+            self._by_recipe[_canonical(recipe)] = entry.id
             while self._bytes > self.max_bytes and len(self._entries) > 1:
                 _, old = self._entries.popitem(last=False)
                 self._bytes -= adapter_bytes(old.adapter)
                 self.evictions += 1
             while len(self._recipes) > self.max_recipes:
-                self._recipes.popitem(last=False)
+                _, gone = self._recipes.popitem(last=False)
+                self._by_recipe.pop(_canonical(gone), None)
 
     def entries(self) -> list[Entry]:
         """The cached entries, least recently used first."""
@@ -126,6 +137,10 @@ class AdapterCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _canonical(recipe: dict[str, Any]) -> str:
+    return json.dumps(recipe, sort_keys=True, ensure_ascii=False)
 
 
 def peft_zip(adapter: Adapter, folder_name: str) -> bytes:

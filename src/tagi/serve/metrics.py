@@ -2,7 +2,8 @@
 
 ``GET /metrics`` serves them in the Prometheus text format: requests by endpoint and status, request
 latency, decoded batch sizes and times, queue depth, cached adapters and their bytes, adapter generation
-time and generated tokens.
+time, adapter requests answered from the cache and generated tokens. Requests refused for their body
+size (413, before any route runs) are counted under their endpoint too.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class Metrics:
             "hypernetwork call per adapter",
             buckets=LATENCY_BUCKETS,
             registry=r,
+        )
+        self.adapter_cache_hits = Counter(
+            "tagi_adapter_cache_hits", "adapter requests answered from the cache", registry=r
         )
         self.tokens = Counter("tagi_completion_tokens", "tokens generated", registry=r)
         self.queue_depth = Gauge("tagi_queue_depth", "rows waiting to be decoded", registry=r)

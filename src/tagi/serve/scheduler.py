@@ -20,8 +20,10 @@ A row may carry a ``stream`` listener: decoder-only batches report every step's 
 decoded (server-sent events); T5 rows get their text when the batch ends.
 
 Rows that ask for a ``seed`` are decoded on their own, seeded as ``Tagi.predict`` seeds, so a seeded
-sample is reproducible and equals ``tagi predict --seed``. When all rows of a batch share one adapter the
-batch passes it once (decoder-only: the instruction prefix's key/value cache is computed once).
+sample is reproducible and equals ``tagi predict --seed``. The batch passes each distinct adapter once
+with every row's index into them (:func:`stack_rows`), so on a decoder-only model the rows of one adapter
+share its instruction's key/value cache: a batch over ``U`` adapters encodes ``U`` instructions, not one
+per row.
 
 **Back-pressure.** At most ``max_queue`` rows wait; :meth:`Scheduler.submit_rows` raises
 :class:`QueueFull` beyond that (the app answers 429). A caller that gives up cancels its futures; the
@@ -125,20 +127,28 @@ def batch_key(row: Row, family: str) -> tuple:
     return (mode, row.max_tokens, *sampling, row.group if row.seed is not None else None)
 
 
-def stack_rows(rows: Sequence[Row]) -> LoraWeights | None:
-    """Per-row adapters as one batched :class:`LoraWeights` (one shared adapter stays batch 1)."""
+def stack_rows(rows: Sequence[Row]) -> tuple[LoraWeights | None, list[int] | None]:
+    """``(adapters, adapter_rows)``: the batch's distinct adapters stacked ``[U]`` (the base model is an
+    adapter of zeros) and each row's index into them; ``(adapter, None)`` when every row has the same one
+    (or ``(None, None)``: none has any). Rows of one adapter then share its instruction's prefix cache
+    (``CausalBackbone.generate(adapter_rows=...)``)."""
     present = [r.weights for r in rows if r.weights is not None]
     if not present:
-        return None
+        return None, None
     if len(present) == len(rows) and all(w is present[0] for w in present):
-        return present[0]
-    zero = present[0]
+        return present[0], None
     zero = LoraWeights(
-        {k: torch.zeros_like(v) for k, v in zero.A.items()},
-        {k: torch.zeros_like(v) for k, v in zero.B.items()},
-        zero.scaling,
+        {k: torch.zeros_like(v) for k, v in present[0].A.items()},
+        {k: torch.zeros_like(v) for k, v in present[0].B.items()},
+        present[0].scaling,
     )
-    return LoraWeights.stack([r.weights if r.weights is not None else zero for r in rows])
+    distinct: dict[int, LoraWeights] = {}  # by object: the cache hands every request of an adapter the same
+    for r in rows:
+        w = r.weights if r.weights is not None else zero
+        distinct.setdefault(id(w), w)
+    order = {key: u for u, key in enumerate(distinct)}
+    index = [order[id(r.weights if r.weights is not None else zero)] for r in rows]
+    return LoraWeights.stack(list(distinct.values())), index
 
 
 class Scheduler:
@@ -251,9 +261,13 @@ class Scheduler:
         examples = [PromptExample(r.instruction, r.source, "") for r in rows]
         mode = "fuse" if self.backbone.family == "causal" else first.mode
         try:
-            weights = stack_rows(rows)
+            weights, adapter_rows = stack_rows(rows)
             weights = weights.to(self.backbone.device) if weights is not None else None
-            seeded, streams, extra = first.seed is not None, self._streams(rows), {}
+            seeded, streams, extra = (
+                first.seed is not None,
+                self._streams(rows),
+                {"adapter_rows": adapter_rows},
+            )
             if streams and self.backbone.family == "causal":  # T5 (transformers' generate): at the end
                 extra["on_step"] = partial(_push_tokens, streams)
             with torch.random.fork_rng() if seeded else nullcontext():

@@ -142,12 +142,18 @@ class Service:
         self.metrics.adapter_seconds.observe(seconds)
         return entry
 
-    async def make_adapter(self, instruction: str, pos_examples: list[dict[str, str]]) -> Entry:
+    async def make_adapter(self, instruction: str, pos_examples: list[dict[str, str]]) -> tuple[Entry, bool]:
+        """``(entry, cached)``: an adapter already made from the same instruction and examples (and still
+        held) is returned as it is, without running the hypernetwork again."""
         self._check_instruction(instruction, pos_examples)
+        held = self.cache.find({"instruction": instruction, "pos_examples": pos_examples})
+        if held is not None:
+            self.metrics.adapter_cache_hits.inc()
+            return held, True
         (entry,) = await self._wait(
             [self.scheduler.submit(lambda: self._generate(instruction, pos_examples))]
         )
-        return entry
+        return entry, False
 
     async def lookup(self, key: str) -> Entry:
         """The adapter of a server-made id; an evicted one is regenerated (same id, same weights)."""
@@ -161,7 +167,8 @@ class Service:
                 f"unknown adapter '{key[:64]}' (make one with POST /v1/adapters)",
                 code="adapter_not_found",
             )
-        return await self.make_adapter(recipe["instruction"], recipe["pos_examples"])
+        entry, _ = await self.make_adapter(recipe["instruction"], recipe["pos_examples"])
+        return entry
 
     async def peft_zip(self, key: str) -> bytes:
         entry = await self.lookup(key)

@@ -64,7 +64,9 @@ async function makeAdapter() {
     state.adapter = a;
     $("adapter").hidden = false;
     $("adapter-id").textContent = a.id;
-    $("adapter-info").textContent = "made in " + (a.generation_s * 1000).toFixed(0) + " ms · rank " + a.rank +
+    const made = (a.cached ? "already made (in " : "made in ") + (a.generation_s * 1000).toFixed(0) + " ms" +
+      (a.cached ? ")" : "");
+    $("adapter-info").textContent = made + " · rank " + a.rank +
       " · " + (a.bytes / 1024).toFixed(0) + " KiB" + (a.instruction_truncated ? " · instruction truncated" : "");
     $("run").disabled = false;
     snippets(a.id);
