@@ -26,9 +26,7 @@ a :class:`MicroBatch` and a micro-batch into loss :class:`Term` s — and the lo
 from __future__ import annotations
 
 import json
-import logging
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,7 +35,6 @@ from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from transformers.optimization import Adafactor
 
@@ -47,9 +44,7 @@ from tagi.train import dist
 from tagi.train.batching import Sample, StepSampler
 from tagi.train.checkpoint import check_fingerprint, find_state, load_state, save_state
 from tagi.train.common import RUN_ONLY_TRAIN
-from tagi.train.runlog import RunLog, Window, peak_memory_mb
-
-logger = logging.getLogger("tagi.train")
+from tagi.train.runlog import Progress, StepStats, peak_memory_mb
 
 
 @dataclass
@@ -234,6 +229,35 @@ def _check_sampler(sampler: StepSampler, cfg: TrainConfig, seed: int, world_size
         )
 
 
+def _optimizer_step(
+    objective: Objective,
+    samples: list[list[Sample]],
+    params: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    cfg: TrainConfig,
+    info: dist.DistInfo,
+    desc: str,
+    step: int,
+) -> StepStats:
+    """Forward/backward of this rank's micro-batches, all-reduce, clipping, the finiteness check, the update."""
+    device = params[0].device
+    batches = [objective.prepare(s) for s in samples]
+    n_tok, n_ex, n_all = _step_counts(batches, info, device)
+    norm = {"token": max(n_tok, 1.0), "example": max(n_ex, 1.0)}
+    sums, weights = _accumulate(objective, batches, norm, cfg.precision == "bf16", device)
+    names = sorted(sums)
+    values = dist.all_reduce_sum(torch.stack([sums[k] for k in names]), info).tolist()
+    dist.all_reduce_grads(params, info)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
+    _check_finite(desc, step + 1, names, values, weights, float(grad_norm), samples)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepStats(names, values, weights, float(grad_norm), n_all, lr)
+
+
 def train_loop(
     module: nn.Module,
     objective: Objective,
@@ -279,73 +303,26 @@ def train_loop(
         trainer = load_state(saved, module, optimizer, scheduler, info)
     dist.broadcast_module(module, info)
     start = int(trainer["step"])
-    tb_dir = log_path.parent / "tensorboard" / log_path.stem if (cfg.tensorboard and log_path) else None
-    log = RunLog(
-        log_path if info.is_main else None, tb_dir if info.is_main else None, start if saved else None
-    )
+    progress = Progress(cfg, desc, info, log_path, start, saved is not None)
     module.train()
-    # a bar on a terminal; log lines at the log steps otherwise (CI logs, nohup)
-    use_bar = cfg.progress_bar and info.is_main and sys.stderr.isatty()
-    bar = tqdm(total=cfg.max_steps, initial=start, desc=desc, disable=not use_bar, dynamic_ncols=True)
-    window = Window()
     t_run = time.perf_counter()
     for step in range(start, cfg.max_steps):
         t0 = time.perf_counter()
         samples = sampler.rank_batches(step, info.rank)
-        batches = [objective.prepare(s) for s in samples]
-        n_tok, n_ex, n_all = _step_counts(batches, info, device)
-        norm = {"token": max(n_tok, 1.0), "example": max(n_ex, 1.0)}
-        sums, weights = _accumulate(objective, batches, norm, cfg.precision == "bf16", device)
-        names = sorted(sums)
-        values = dist.all_reduce_sum(torch.stack([sums[k] for k in names]), info).tolist()
-        dist.all_reduce_grads(params, info)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
-        _check_finite(desc, step + 1, names, values, weights, float(grad_norm), samples)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        # ---- bookkeeping: bar, log window, checkpoint
-        done, dt, mem = step + 1, time.perf_counter() - t0, peak_memory_mb(device)
-        record = dict(zip(names, values))
-        record["loss"] = sum(weights[k] * record[k] for k in names)
-        window.add(record | {"grad_norm": float(grad_norm)}, n_all, dt)
-        trainer["tokens"] += int(n_all)
-        bar.update(1)
-        bar.set_postfix(
-            {k: f"{record[k]:.3f}" for k in names} | {"tok/s": f"{n_all / dt:.0f}", "mem": f"{mem:.0f}MB"}
-        )
-        if done == 1 or done % cfg.log_every == 0 or done == cfg.max_steps:
-            avg, tok_s = window.flush()
-            entry = {
-                "step": done,
-                "epoch": round(done * sampler.step_size / len(sampler.lengths), 4),
-                "lr": lr,
-            }
-            entry |= {k: round(v, 6) for k, v in avg.items()} | {
-                "tokens_per_s": round(tok_s, 1),
-                "mem_mb": round(mem, 1),
-            }
-            log.write(entry)
-            if info.is_main and cfg.progress_bar and not use_bar:
-                shown = " ".join(f"{k}={avg[k]:.4f}" for k in names)
-                logger.info(
-                    "%s step %d/%d: %s tok/s=%.0f mem=%.0fMB", desc, done, cfg.max_steps, shown, tok_s, mem
-                )
-            trainer["first"] = trainer["first"] or {k: avg[k] for k in [*names, "loss"]}
-            trainer["last"] = {k: avg[k] for k in [*names, "loss"]}
+        out = _optimizer_step(objective, samples, params, optimizer, scheduler, cfg, info, desc, step)
+        done = step + 1
+        epoch = done * sampler.step_size / len(sampler.lengths)
+        progress.update(out, done, time.perf_counter() - t0, peak_memory_mb(device), epoch, trainer)
         if state_dir is not None and (
             done == cfg.max_steps or (cfg.ckpt_every and done % cfg.ckpt_every == 0)
         ):
-            epoch, position = sampler.position(done)
+            epoch_at, position = sampler.position(done)
             now = time.perf_counter()
-            trainer |= {"step": done, "epoch": epoch, "position": position, "world_size": info.world_size}
+            trainer |= {"step": done, "epoch": epoch_at, "position": position, "world_size": info.world_size}
             trainer |= {"elapsed": trainer["elapsed"] + now - t_run, "fingerprint": fingerprint}
             t_run = now
             save_state(state_dir, module, optimizer, scheduler, trainer, info)
-    bar.close()
-    log.close()
+    progress.close()
     elapsed = trainer["elapsed"] + (time.perf_counter() - t_run)
     tokens = int(trainer["tokens"])
     return LoopResult(

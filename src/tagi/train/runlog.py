@@ -1,19 +1,27 @@
 """What a training run records: its JSONL log (and optional TensorBoard scalars), the averages of the
-steps since the last log record, and the process's peak memory. Used by :func:`tagi.train.loop.train_loop`.
+steps since the last log record, the process's peak memory, and the progress shown while it runs
+(:class:`Progress`: a tqdm bar or log lines). Used by :func:`tagi.train.loop.train_loop`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import resource
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
+from tagi.config import TrainConfig
 from tagi.errors import TagiError
+from tagi.train import dist
+
+logger = logging.getLogger("tagi.train")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -84,3 +92,78 @@ class Window:
         tokens_per_s = self.tokens / max(self.seconds, 1e-9)
         self.sums, self.steps, self.tokens, self.seconds = {}, 0, 0.0, 0.0
         return avg, tokens_per_s
+
+
+@dataclass
+class StepStats:
+    """What one optimiser step measured: each term's value over the step (normalised, unweighted, summed
+    over ranks), the weights, the gradient norm before clipping, the tokens processed and the lr used."""
+
+    names: list[str]
+    values: list[float]
+    weights: dict[str, float]
+    grad_norm: float
+    tokens: float
+    lr: float
+
+    def record(self) -> dict[str, float]:
+        record = dict(zip(self.names, self.values))
+        return record | {"loss": sum(self.weights[k] * record[k] for k in self.names)}
+
+
+class Progress:
+    """The loop's reporting: a tqdm bar on a terminal (log lines at the log steps otherwise: CI logs,
+    nohup), the JSONL/TensorBoard log of averaged windows, and the first and last logged losses."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        desc: str,
+        info: dist.DistInfo,
+        log_path: Path | None,
+        start: int,
+        resumed: bool,
+    ) -> None:
+        self.cfg, self.desc, self.info = cfg, desc, info
+        tb_dir = log_path.parent / "tensorboard" / log_path.stem if (cfg.tensorboard and log_path) else None
+        main = info.is_main
+        self.log = RunLog(log_path if main else None, tb_dir if main else None, start if resumed else None)
+        self.use_bar = cfg.progress_bar and main and sys.stderr.isatty()
+        self.bar = tqdm(
+            total=cfg.max_steps, initial=start, desc=desc, disable=not self.use_bar, dynamic_ncols=True
+        )
+        self.window = Window()
+
+    def update(
+        self, out: StepStats, done: int, seconds: float, mem: float, epoch: float, trainer: dict
+    ) -> None:
+        """Report step ``done``; at a log step, write the window's averages and keep them in ``trainer``."""
+        record, names = out.record(), out.names
+        self.window.add(record | {"grad_norm": out.grad_norm}, out.tokens, seconds)
+        trainer["tokens"] += int(out.tokens)
+        self.bar.update(1)
+        shown = {k: f"{record[k]:.3f}" for k in names}
+        self.bar.set_postfix(shown | {"tok/s": f"{out.tokens / seconds:.0f}", "mem": f"{mem:.0f}MB"})
+        if not (done == 1 or done % self.cfg.log_every == 0 or done == self.cfg.max_steps):
+            return
+        avg, tok_s = self.window.flush()
+        entry = {"step": done, "epoch": round(epoch, 4), "lr": out.lr}
+        entry |= {k: round(v, 6) for k, v in avg.items()}
+        self.log.write(entry | {"tokens_per_s": round(tok_s, 1), "mem_mb": round(mem, 1)})
+        if self.info.is_main and self.cfg.progress_bar and not self.use_bar:
+            terms = " ".join(f"{k}={avg[k]:.4f}" for k in names)
+            logger.info(
+                "%s step %d/%d: %s tok/s=%.0f mem=%.0fMB",
+                self.desc,
+                done,
+                self.cfg.max_steps,
+                terms,
+                tok_s,
+                mem,
+            )
+        trainer["first"] = trainer["first"] or {k: avg[k] for k in [*names, "loss"]}
+        trainer["last"] = {k: avg[k] for k in [*names, "loss"]}
+
+    def close(self) -> None:
+        self.bar.close()
+        self.log.close()

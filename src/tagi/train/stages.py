@@ -265,49 +265,55 @@ def run_finetune(
         teacher_cache_dir=teacher_cache_dir or out / "teacher_cache",
         world_size=info.world_size,
     )
-    model, init = recipe.model, recipe.init
     res = _train(
         "finetune",
         out,
         cfg,
-        model,
+        recipe.model,
         recipe.objective,
         recipe.sampler,
         ft.train,
         resume,
-        {"init": str(init or "")},
+        {"init": str(recipe.init or "")},
     )
     if info.is_main:
-        val = validation_ce(
-            model,
-            recipe.validation,
-            ft.student_num_pos,
-            ft.fusion,
-            ft.train.batch_size,
-            recipe.cache,
-            hyper_input=ft.hyper_input,
-        )
-        if val:
-            with (out / "log.jsonl").open("a") as f:
-                f.write(json.dumps({"step": res.steps, "split": "validation", **val}) + "\n")
-            log.info("finetune: validation %s", ", ".join(f"{k}={v:.4f}" for k, v in val.items()))
-        model.save(
-            out / "final",
-            extra={
-                "stage": "finetune",
-                "steps": res.steps,
-                "init": str(init or ""),
-                "hyper_input": ft.hyper_input,
-                "fusion": ft.fusion,  # read by tagi.api: how the adapter must be used
-            },
-        )
-        summary = res.to_dict() | {"wall_time_s": round(time.perf_counter() - t0, 3), "validation": val}
-        tdir = recipe.teachers_dir
-        summary |= {"init_ckpt": str(init) if init else None, "teachers_dir": str(tdir) if tdir else None}
-        summary |= {"num_examples": len(recipe.data), "num_tasks": len(recipe.data.tasks)}
-        write_done(out, "finetune", cfg, summary)
+        _finish_finetune(out, cfg, recipe, res, t0)
     dist.barrier(info)
     return out
+
+
+def _finish_finetune(out: Path, cfg: ExperimentConfig, recipe: FinetuneRecipe, res, t0: float) -> None:
+    """Validation CE on the held-out training tasks (appended to the log), ``final/`` and ``DONE.json``
+    (its wall time counts from ``t0``, the stage's start, to the end of this)."""
+    ft, model, init = cfg.finetune, recipe.model, recipe.init
+    val = validation_ce(
+        model,
+        recipe.validation,
+        ft.student_num_pos,
+        ft.fusion,
+        ft.train.batch_size,
+        recipe.cache,
+        hyper_input=ft.hyper_input,
+    )
+    if val:
+        with (out / "log.jsonl").open("a") as f:
+            f.write(json.dumps({"step": res.steps, "split": "validation", **val}) + "\n")
+        log.info("finetune: validation %s", ", ".join(f"{k}={v:.4f}" for k, v in val.items()))
+    model.save(
+        out / "final",
+        extra={
+            "stage": "finetune",
+            "steps": res.steps,
+            "init": str(init or ""),
+            "hyper_input": ft.hyper_input,
+            "fusion": ft.fusion,  # read by tagi.api: how the adapter must be used
+        },
+    )
+    summary = res.to_dict() | {"wall_time_s": round(time.perf_counter() - t0, 3), "validation": val}
+    tdir = recipe.teachers_dir
+    summary |= {"init_ckpt": str(init) if init else None, "teachers_dir": str(tdir) if tdir else None}
+    summary |= {"num_examples": len(recipe.data), "num_tasks": len(recipe.data.tasks)}
+    write_done(out, "finetune", cfg, summary)
 
 
 # ------------------------------------------------------------------------------------------- the plan
