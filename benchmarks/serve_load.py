@@ -116,6 +116,8 @@ def measure(tagi: Tagi, mode: str, instructions: list[str], plan, max_tokens: in
             run = run_clients(srv.url, ids, plan, max_tokens)
     finally:
         service.close()
+    batches = {s.name: s.value for s in service.metrics.batch_size.collect()[0].samples}
+    count = batches.get("tagi_batch_size_count", 0.0)
     lat, n = sorted(run["latencies"]), len(run["latencies"])
     return {
         "mode": mode,
@@ -127,6 +129,8 @@ def measure(tagi: Tagi, mode: str, instructions: list[str], plan, max_tokens: in
         "tokens_per_s": round(run["tokens"] / run["wall"], 2),
         "p50_ms": round(1000 * statistics.median(lat), 1) if lat else None,
         "p95_ms": round(1000 * lat[min(n - 1, int(0.95 * n))], 1) if lat else None,
+        "batches": int(count),  # decoded batches (the server's tagi_batch_size histogram)
+        "mean_batch_rows": round(batches.get("tagi_batch_size_sum", 0.0) / count, 2) if count else None,
         "_outputs": run["outputs"],
     }
 
@@ -167,7 +171,7 @@ def print_cell(cell: dict) -> None:
     for r in cell["runs"]:
         print(f"{cell['adapters']:>8} {cell['clients']:>7} {r['mode']:>14} {r['completions_per_s']:>9.2f} "
               f"{r['tokens_per_s']:>8.1f} {r['p50_ms']:>9.0f} {r['p95_ms']:>9.0f} {r['errors']:>6} "
-              f"{str(r['outputs_equal_predict']):>6}", flush=True)  # fmt: skip
+              f"{str(r['outputs_equal_predict']):>6} {r['mean_batch_rows']!s:>6}", flush=True)  # fmt: skip
     print(
         f"{'':>8} {'':>7} {'ratio':>14} {cell['throughput_ratio_batched_vs_one_at_a_time']:>9}x", flush=True
     )
@@ -200,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start, t_start = os.getloadavg()[0], time.perf_counter()
     tagi = Tagi.from_checkpoint(args.checkpoint)
     print(f"{'adapters':>8} {'clients':>7} {'mode':>14} {'compl/s':>9} {'tok/s':>8} {'p50 ms':>9} {'p95 ms':>9} "
-          f"{'errors':>6} {'=pred':>6}")  # fmt: skip
+          f"{'errors':>6} {'=pred':>6} {'rows/batch':>6}")  # fmt: skip
     cells, skipped = [], []
     for a in args.adapters:
         for n in args.clients:
