@@ -314,3 +314,24 @@ def sample_next(
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)
+
+
+def row_adapters(
+    adapter: LoraWeights | None, adapter_rows: Sequence[int] | None, n: int
+) -> tuple[LoraWeights | None, list[Any]]:
+    """``(adapter for the decode loop, each row's adapter group)``: batch 1 stays shared (every row in group
+    0); ``U`` distinct adapters with ``adapter_rows`` are gathered to one row each, rows with the same
+    distinct adapter in the same group; ``N`` per-row adapters are each their own group."""
+    if adapter is None:
+        return None, [0] * n
+    if adapter_rows is not None:
+        if len(adapter_rows) != n:
+            raise ValueError(f"adapter_rows has {len(adapter_rows)} entries for {n} examples")
+        if adapter.batch_size == 1:
+            return adapter, [0] * n
+        return adapter.index(list(adapter_rows)), list(adapter_rows)
+    if adapter.batch_size == 1:
+        return adapter, [0] * n
+    if adapter.batch_size != n:
+        raise ValueError(f"an adapter batch of {adapter.batch_size} for {n} examples")
+    return adapter, list(range(n))

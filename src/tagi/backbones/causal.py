@@ -32,6 +32,7 @@ from tagi.backbones.base import (
     Target,
     pad_left,
     pad_right,
+    row_adapters,
     sample_next,
 )
 from tagi.data.prompts import SOURCE_TEMPLATE
@@ -217,7 +218,7 @@ class CausalBackbone(Backbone):
         the same adapter share one key/value cache of the prefix (:meth:`_prefix_cache`).
         """
         n = len(examples)
-        adapter, groups = _row_adapters(adapter, adapter_rows, n)
+        adapter, groups = row_adapters(adapter, adapter_rows, n)
         prefixes = [self.prefix_ids(e.instruction, mode) for e in examples]
         suffixes = [self.suffix_ids(e.source) for e in examples]
         dev, cache = self.device, None
@@ -309,24 +310,3 @@ class CausalBackbone(Backbone):
             cut = next((i for i, t in enumerate(row) if t in self.stop_ids), len(row))
             texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
         return texts
-
-
-def _row_adapters(
-    adapter: LoraWeights | None, adapter_rows: Sequence[int] | None, n: int
-) -> tuple[LoraWeights | None, list[Any]]:
-    """``(adapter for the decode loop, each row's adapter group)``: batch 1 stays shared (every row in group
-    0); ``U`` distinct adapters with ``adapter_rows`` are gathered to one row each, rows with the same
-    distinct adapter in the same group; ``N`` per-row adapters are each their own group."""
-    if adapter is None:
-        return None, [0] * n
-    if adapter_rows is not None:
-        if len(adapter_rows) != n:
-            raise ValueError(f"adapter_rows has {len(adapter_rows)} entries for {n} examples")
-        if adapter.batch_size == 1:
-            return adapter, [0] * n
-        return adapter.index(list(adapter_rows)), list(adapter_rows)
-    if adapter.batch_size == 1:
-        return adapter, [0] * n
-    if adapter.batch_size != n:
-        raise ValueError(f"an adapter batch of {adapter.batch_size} for {n} examples")
-    return adapter, list(range(n))

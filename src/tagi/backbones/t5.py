@@ -20,7 +20,15 @@ from typing import Any
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
-from tagi.backbones.base import IGNORE, Backbone, ModelBatch, PromptExample, PromptMode, pad_right
+from tagi.backbones.base import (
+    IGNORE,
+    Backbone,
+    ModelBatch,
+    PromptExample,
+    PromptMode,
+    pad_right,
+    row_adapters,
+)
 from tagi.data.prompts import SOURCE_TEMPLATE
 from tagi.lora import LoraWeights, apply_lora
 
@@ -153,8 +161,7 @@ class T5Backbone(Backbone):
         generator: torch.Generator | None = None,
         adapter_rows: Sequence[int] | None = None,
     ) -> list[str]:
-        if adapter_rows is not None and adapter is not None and adapter.batch_size > 1:
-            adapter = adapter.index(list(adapter_rows))  # [U] distinct adapters -> [N], one per row
+        adapter, _ = row_adapters(adapter, adapter_rows, len(examples))  # [U] distinct -> one per row
         batch = self.collate(examples, mode).to(self.device)
         if batch.fuse_ids is not None and len({e.instruction for e in examples}) == 1:
             # one task: encode its instruction once and share it across the batch

@@ -115,6 +115,8 @@ class AdapterCache:
                 self._bytes -= adapter_bytes(self._entries.pop(entry.id).adapter)
             self._entries[entry.id] = entry
             self._bytes += adapter_bytes(entry.adapter)
+            if entry.id in self._recipes:  # another wording of the same adapter: keep one recipe per id
+                self._by_recipe.pop(_canonical(self._recipes[entry.id]), None)
             self._recipes[entry.id] = recipe
             self._recipes.move_to_end(entry.id)
             self._by_recipe[_canonical(recipe)] = entry.id

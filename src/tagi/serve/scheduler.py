@@ -142,13 +142,10 @@ def stack_rows(rows: Sequence[Row]) -> tuple[LoraWeights | None, list[int] | Non
         {k: torch.zeros_like(v) for k, v in present[0].B.items()},
         present[0].scaling,
     )
-    distinct: dict[int, LoraWeights] = {}  # by object: the cache hands every request of an adapter the same
-    for r in rows:
-        w = r.weights if r.weights is not None else zero
-        distinct.setdefault(id(w), w)
+    weights = [r.weights if r.weights is not None else zero for r in rows]
+    distinct = {id(w): w for w in weights}  # by object: the cache hands every request of an adapter the same
     order = {key: u for u, key in enumerate(distinct)}
-    index = [order[id(r.weights if r.weights is not None else zero)] for r in rows]
-    return LoraWeights.stack(list(distinct.values())), index
+    return LoraWeights.stack(list(distinct.values())), [order[id(w)] for w in weights]
 
 
 class Scheduler:
@@ -263,11 +260,8 @@ class Scheduler:
         try:
             weights, adapter_rows = stack_rows(rows)
             weights = weights.to(self.backbone.device) if weights is not None else None
-            seeded, streams, extra = (
-                first.seed is not None,
-                self._streams(rows),
-                {"adapter_rows": adapter_rows},
-            )
+            seeded, streams = first.seed is not None, self._streams(rows)
+            extra: dict[str, Any] = {"adapter_rows": adapter_rows}
             if streams and self.backbone.family == "causal":  # T5 (transformers' generate): at the end
                 extra["on_step"] = partial(_push_tokens, streams)
             with torch.random.fork_rng() if seeded else nullcontext():
