@@ -2,13 +2,13 @@
 
     python benchmarks/serve_load.py [--checkpoint runs/demo/finetune/final] [--clients 1,4,16]
                                     [--adapters 1,8] [--requests 4] [--max-tokens 32] [--time-limit 1200]
-                                    [--threads 2] [--out benchmarks/results/serve_load.json]
+                                    [--threads 2] [--prefix-cache-mb 256] [--out benchmarks/results/serve_load.json]
     python benchmarks/serve_load.py --smoke --out /tmp/serve_load.json     # tiny random model, seconds
 
 The base model and hypernetwork (SmolLM2-135M-Instruct from ``tagi demo`` by default) are loaded once. For
 every cell (A distinct adapters, N concurrent clients) the script serves the same app on a free localhost
-port twice, one after the other: **batched** (the scheduler gathers up to 16 waiting rows into one batch,
-whatever their adapters) and **one at a time** (``max_batch=1``: each request decoded alone, as a server
+port twice, one after the other: **batched** (continuous batching: up to 16 rows decode together whatever
+their adapters, and requests that arrive meanwhile join at the next step) and **one at a time** (``max_batch=1``: each request decoded alone, as a server
 that merges one adapter into the weights per request must). N client threads each send ``--requests``
 completions (greedy, ``max_tokens``), client c's i-th request going to adapter ``(c + i) mod A`` with an
 input of that adapter's built-in task. It records throughput (completions/s, generated tokens/s),
@@ -106,18 +106,20 @@ def run_clients(url: str, ids: list[str], plan, max_tokens: int) -> dict:
             "tokens": tokens[0]}  # fmt: skip
 
 
-def measure(tagi: Tagi, mode: str, instructions: list[str], plan, max_tokens: int) -> dict:
-    service = Service(
-        tagi, Limits(max_batch=MODES[mode], max_queue=4096, max_tokens=max_tokens, timeout_s=3600)
-    )
+def measure(tagi: Tagi, mode: str, instructions: list[str], plan, max_tokens: int, prefix_mb: int) -> dict:
+    limits = Limits(
+        max_batch=MODES[mode], max_queue=4096, max_tokens=max_tokens, timeout_s=3600,
+        prefix_cache_bytes=prefix_mb * 2**20,
+    )  # fmt: skip
+    service = Service(tagi, limits)
     try:
         with ServerThread(create_app(service)) as srv, httpx.Client(base_url=srv.url, timeout=600) as http:
             ids = [http.post("/v1/adapters", json={"instruction": t}).json()["id"] for t in instructions]
             run = run_clients(srv.url, ids, plan, max_tokens)
     finally:
         service.close()
-    batches = {s.name: s.value for s in service.metrics.batch_size.collect()[0].samples}
-    count = batches.get("tagi_batch_size_count", 0.0)
+    calls = {s.name: s.value for s in service.metrics.batch_size.collect()[0].samples}
+    count = calls.get("tagi_batch_size_count", 0.0)
     lat, n = sorted(run["latencies"]), len(run["latencies"])
     return {
         "mode": mode,
@@ -129,8 +131,9 @@ def measure(tagi: Tagi, mode: str, instructions: list[str], plan, max_tokens: in
         "tokens_per_s": round(run["tokens"] / run["wall"], 2),
         "p50_ms": round(1000 * statistics.median(lat), 1) if lat else None,
         "p95_ms": round(1000 * lat[min(n - 1, int(0.95 * n))], 1) if lat else None,
-        "batches": int(count),  # decoded batches (the server's tagi_batch_size histogram)
-        "mean_batch_rows": round(batches.get("tagi_batch_size_sum", 0.0) / count, 2) if count else None,
+        # model calls (decode steps and prefills of joining rows) and their mean rows: tagi_batch_size
+        "model_calls": int(count),
+        "mean_rows_per_call": round(calls.get("tagi_batch_size_sum", 0.0) / count, 2) if count else None,
         "_outputs": run["outputs"],
     }
 
@@ -155,7 +158,7 @@ def run_cell(tagi: Tagi, num_adapters: int, clients: int, args) -> dict:
     ]
     plan = workload(num_adapters, clients, args.requests)
     ref = reference(tagi, instructions, plan, args.max_tokens)
-    runs = [measure(tagi, mode, instructions, plan, args.max_tokens) for mode in MODES]
+    runs = [measure(tagi, mode, instructions, plan, args.max_tokens, args.prefix_cache_mb) for mode in MODES]
     for r in runs:
         outputs = r.pop("_outputs")
         r["outputs_equal_predict"] = all(outputs.get(key) == want for key, want in ref.items())
@@ -171,7 +174,7 @@ def print_cell(cell: dict) -> None:
     for r in cell["runs"]:
         print(f"{cell['adapters']:>8} {cell['clients']:>7} {r['mode']:>14} {r['completions_per_s']:>9.2f} "
               f"{r['tokens_per_s']:>8.1f} {r['p50_ms']:>9.0f} {r['p95_ms']:>9.0f} {r['errors']:>6} "
-              f"{str(r['outputs_equal_predict']):>6} {r['mean_batch_rows']!s:>6}", flush=True)  # fmt: skip
+              f"{str(r['outputs_equal_predict']):>6} {r['mean_rows_per_call']!s:>9}", flush=True)  # fmt: skip
     print(
         f"{'':>8} {'':>7} {'ratio':>14} {cell['throughput_ratio_batched_vs_one_at_a_time']:>9}x", flush=True
     )
@@ -186,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--time-limit", type=float, default=1200, help="no new cell starts after this (s)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--prefix-cache-mb", type=int, default=256, help="the servers' prefix cache (0 = off), both modes"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny random model, 2 requests per client")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_load.json"))
     args = parser.parse_args(argv)
@@ -204,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start, t_start = os.getloadavg()[0], time.perf_counter()
     tagi = Tagi.from_checkpoint(args.checkpoint)
     print(f"{'adapters':>8} {'clients':>7} {'mode':>14} {'compl/s':>9} {'tok/s':>8} {'p50 ms':>9} {'p95 ms':>9} "
-          f"{'errors':>6} {'=pred':>6} {'rows/batch':>6}")  # fmt: skip
+          f"{'errors':>6} {'=pred':>6} {'rows/call':>9}")  # fmt: skip
     cells, skipped = [], []
     for a in args.adapters:
         for n in args.clients:
@@ -217,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = Path(args.checkpoint).resolve()
     shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
     result = {"checkpoint": str(shown), "base_model": tagi.backbone.cfg.name, "max_tokens": args.max_tokens,
-              "requests_per_client": args.requests, "modes": MODES, "cells": cells, "skipped_cells": skipped,
+              "requests_per_client": args.requests, "modes": MODES, "prefix_cache_mb": args.prefix_cache_mb, "cells": cells, "skipped_cells": skipped,
               "total_errors": sum(r["errors"] for c in cells for r in c["runs"]),
               **provenance("serve_load.py", argv, args.threads, load_start)}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -78,3 +78,20 @@ def assert_close32(x: torch.Tensor, ref: torch.Tensor, ulps: float) -> None:
     assert diff <= tol, (
         f"max |diff| = {diff:.3e} > {ulps:g} float32 ulps of max |ref| ({scale:.3e}) = {tol:.3e}"
     )
+
+
+def assert_rows_match_full_prompts(bb, cache, pmask, examples, adapter, groups) -> None:
+    """After a prefix cache (``[N]`` rows, mask ``pmask [N, P]``), each row's left-padded source gives the
+    next-token logits of its whole prompt run alone with its adapter (``adapter`` row ``groups[i]``)."""
+    from tagi.backbones.base import pad_left
+    from tagi.lora import apply_lora
+
+    suffix, smask = pad_left([bb.suffix_ids(e.source) for e in examples], bb.pad_id)
+    attn = torch.cat([pmask, smask], 1)
+    pos = (attn.cumsum(-1) - 1).clamp_min(0)[:, pmask.shape[1] :]
+    with torch.no_grad(), apply_lora(bb.model, adapter.index(list(groups))):
+        got = bb.model(input_ids=suffix, attention_mask=attn, position_ids=pos, cache=cache).logits[:, -1]
+    for i, e in enumerate(examples):
+        full = torch.tensor([bb.prompt_ids(e.instruction, e.source, "fuse")])
+        with torch.no_grad(), apply_lora(bb.model, adapter.index([groups[i]])):
+            assert_close64(got[i : i + 1], bb.model(input_ids=full).logits[:, -1])

@@ -128,7 +128,7 @@ def serve_rows(srcs: list[dict]) -> dict:
         b, s = c["runs"]
         rows[f"{c['adapters']} × {c['clients']}"] = [
             None, [b["completions_per_s"]], [s["completions_per_s"]],
-            [c["throughput_ratio_batched_vs_one_at_a_time"]], [b["mean_batch_rows"]], [b["p50_ms"], b["p95_ms"]],
+            [c["throughput_ratio_batched_vs_one_at_a_time"]], [b["mean_rows_per_call"]], [b["p50_ms"], b["p95_ms"]],
             [b["errors"] + s["errors"]], None,
         ]  # fmt: skip
     return rows
@@ -189,6 +189,9 @@ TABLES |= {
 }
 TABLES |= {
     "adapters × clients": Table(("benchmarks/results/serve_load.json",), serve_rows),
+    "prefix cache off: adapters × clients": Table(
+        ("benchmarks/results/serve_load_no_prefix_cache.json",), serve_rows
+    ),
     "lever (CE only, 128 steps, task_group 4)": Table(
         ("benchmarks/results/specificity_levers.json",), lever_rows
     ),

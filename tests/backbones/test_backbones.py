@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tagi.backbones import PromptExample
-from tagi.backbones.base import IGNORE, pad_left
+from tagi.backbones.base import IGNORE
 from tagi.lora import LoraWeights, apply_lora
-from tagi_testing import assert_close64, float64_copy, random_adapter
+from tagi_testing import assert_close64, assert_rows_match_full_prompts, float64_copy, random_adapter
 
 INS = (
     "Definition: Copy the input word exactly.\n\n Positive PromptExample 1 -\nInput: sun.\n Output: sun.\n\n"
@@ -216,16 +216,7 @@ def test_causal_distinct_prefixes_cache_equals_full_prompts(backbones):
     assert len({len(p) for p in prefixes}) == 2
     cache, pmask = bb._prefix_cache(prefixes, rows, w)
     assert pmask.shape[0] == 4 and cache.get_seq_length() == max(len(p) for p in prefixes)
-    suffix, smask = pad_left([bb.suffix_ids(e.source) for e in exs], bb.pad_id)
-    attn = torch.cat([pmask, smask], 1)
-    pos = (attn.cumsum(-1) - 1).clamp_min(0)[:, pmask.shape[1] :]
-    with torch.no_grad(), apply_lora(bb.model, w.index(rows)):
-        got = bb.model(input_ids=suffix, attention_mask=attn, position_ids=pos, cache=cache).logits[:, -1]
-    for i, e in enumerate(exs):
-        full = torch.tensor([bb.prompt_ids(e.instruction, e.source, "fuse")])
-        with torch.no_grad(), apply_lora(bb.model, w.index([rows[i]])):
-            ref = bb.model(input_ids=full).logits[:, -1]
-        assert_close64(got[i : i + 1], ref)
+    assert_rows_match_full_prompts(bb, cache, pmask, exs, w, rows)
 
 
 def test_causal_rows_of_a_few_adapters_encode_each_prefix_once(backbones):

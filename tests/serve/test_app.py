@@ -264,3 +264,22 @@ def test_token_required_when_set_and_cors_off_by_default(serve_ckpt, backbones, 
         assert c.post("/v1/adapters", json={"instruction": "x"}, headers=good).status_code == 200
         r = c.get("/v1/models", headers=good | origin)
         assert r.headers["access-control-allow-origin"] == "http://example.com"
+
+
+def test_requests_for_one_adapter_reuse_its_instruction_prefix(server):
+    """The second request for an adapter takes the instruction prefix's cache from the prefix store (the
+    metrics say so) and answers exactly what the first did."""
+    c = server.client
+    a = make(c, "Repeat the input twice")
+    before = c.get("/metrics").text
+    body = {"model": a["id"], "prompt": INPUTS[0], "max_tokens": MT}
+    first = c.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    middle = c.get("/metrics").text
+    second = c.post("/v1/completions", json=body | {"prompt": INPUTS[1]}).json()["choices"][0]["text"]
+    again = c.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    after = c.get("/metrics").text
+    assert sample(middle, "tagi_prefix_cache_misses") == sample(before, "tagi_prefix_cache_misses") + 1
+    assert sample(after, "tagi_prefix_cache_misses") == sample(middle, "tagi_prefix_cache_misses")
+    assert sample(after, "tagi_prefix_cache_hits") == sample(middle, "tagi_prefix_cache_hits") + 2
+    assert again == first and isinstance(second, str)
+    assert sample(after, "tagi_prefix_cache_entries") >= 1 and sample(after, "tagi_prefix_cache_bytes") > 0

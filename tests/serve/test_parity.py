@@ -82,8 +82,8 @@ def test_eight_concurrent_clients_on_four_adapters_equal_tagi_predict(server, ad
 
 
 def test_requests_for_different_adapters_decode_in_one_batch(server, adapters, predicted):
-    registry = server.service.metrics.registry
-    before = registry.get_sample_value("tagi_batch_size_count")
+    scheduler = server.service.scheduler
+    calls, observe = [], scheduler.on_batch
     results, threads = {}, []
 
     def one(i: int) -> None:
@@ -91,14 +91,18 @@ def test_requests_for_different_adapters_decode_in_one_batch(server, adapters, p
             results[i] = complete(c, adapters[i % 4], INPUTS[i % len(INPUTS)])
 
     with worker_paused(server.service):  # the 8 requests wait in the queue together
+        scheduler.on_batch = lambda rows, seconds: (calls.append(rows), observe(rows, seconds))
         threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
         for t in threads:
             t.start()
-        wait_until(lambda: server.service.scheduler.depth() == 8, "8 queued rows")
-    for t in threads:
-        t.join(WAIT_S)
-    assert registry.get_sample_value("tagi_batch_size_count") == before + 1  # one batch ...
-    assert registry.get_sample_value("tagi_batch_size_bucket", {"le": "4.0"}) < before + 1  # ... of 8 rows
+        wait_until(lambda: scheduler.depth() == 8, "8 queued rows")
+    try:
+        for t in threads:
+            t.join(WAIT_S)
+    finally:
+        scheduler.on_batch = observe
+    assert calls[0] == 8 and max(calls) == 8  # one prefill of all 8 rows, then steps of those left
+    assert calls == sorted(calls, reverse=True)  # nothing else joined: rows only leave
     assert [results[i] for i in range(8)] == [
         predicted[adapters[i % 4], INPUTS[i % len(INPUTS)]] for i in range(8)
     ]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from serve_testing import WAIT_S, make_checkpoint
 
 from tagi import Tagi
 from tagi.lora import LoraWeights
 from tagi.serve.cache import AdapterCache, Entry, adapter_bytes, adapter_id
-from tagi.serve.scheduler import Row, Scheduler, TextStream, batch_key, stack_rows
+from tagi.serve.scheduler import Row, Scheduler, batch_key, stack_rows
+from tagi.serve.streams import TextStream
 from tagi_testing import random_adapter
 
 
@@ -28,14 +31,16 @@ def test_batch_key_ignores_the_adapter_but_not_the_decoding_settings(backbones):
 def test_stack_rows_gives_each_distinct_adapter_once_and_base_rows_zeros(backbones):
     bb = backbones["tiny-llama"]
     w1, w2 = random_adapter(bb, 1), random_adapter(bb, 1)
-    assert stack_rows([Row(None, "", "s", "fuse", 8)]) == (None, None)
-    shared, rows = stack_rows([Row(w1, "", "s", "fuse", 8), Row(w1, "", "t", "fuse", 8)])
-    assert shared is w1 and rows is None  # one adapter for the batch: passed once, batch 1
-    mixed, rows = stack_rows(
-        [Row(w2, "", "s", "fuse", 8), Row(None, "", "s", "fuse", 8), Row(w1, "", "s", "fuse", 8),
-         Row(w2, "", "t", "fuse", 8), Row(None, "", "t", "fuse", 8)]
+    assert stack_rows([Row(None, "", "s", "fuse", 8)]) == (None, None, ["base"])
+    r1 = [Row(w1, "", s, "fuse", 8, adapter_key="one") for s in "st"]
+    shared, rows, keys = stack_rows(r1)
+    assert shared is w1 and rows is None and keys == ["one"]  # one adapter for the batch: passed once
+    mixed, rows, keys = stack_rows(
+        [Row(w2, "", "s", "fuse", 8, adapter_key="two"), Row(None, "", "s", "fuse", 8), r1[0],
+         Row(w2, "", "t", "fuse", 8, adapter_key="two"), Row(None, "", "t", "fuse", 8)]
     )  # fmt: skip
     assert isinstance(mixed, LoraWeights) and mixed.batch_size == 3 and rows == [0, 1, 2, 0, 1]
+    assert keys == ["two", "base", "one"]
     name = w1.names[0]
     assert torch.equal(mixed.A[name][0], w2.A[name][0]) and torch.equal(mixed.A[name][2], w1.A[name][0])
     assert not mixed.A[name][1].any() and not mixed.B[name][1].any()
@@ -117,3 +122,111 @@ def test_the_scheduler_streams_pieces_while_the_batch_decodes():
     finally:
         scheduler.close()
     assert seen == [("ab", False), (" c", False)]  # both pieces arrived before decoding ended
+
+
+class ScriptedBatch:
+    """A running batch whose rows produce token 2 per call and finish after ``max_tokens`` calls with their
+    source as text; its first step waits (``started`` set) until the test opens ``gate``."""
+
+    can_join = True
+
+    def __init__(self, started, gate):
+        self.started, self.gate = started, gate
+        self.left: dict[int, tuple[int, str]] = {}
+        self.joins: list[tuple[list[str], int]] = []  # (sources joining, rows already running)
+        self.steps = 0
+
+    def __len__(self):
+        return len(self.left)
+
+    def _emit(self, tags):
+        from tagi.backbones.running import Events
+
+        events = Events(tokens=[(t, 2) for t in tags])
+        for t in tags:
+            n, text = self.left[t]
+            self.left[t] = (n - 1, text)
+            if n == 1:
+                events.finished.append((t, text))
+                del self.left[t]
+        return events
+
+    def join(self, examples, weights, mode, max_tokens, adapter_rows, tags, prefix_store=None, keys=None):
+        self.joins.append(([e.source for e in examples], len(self.left)))
+        self.left.update({t: (max_tokens, e.source) for t, e in zip(tags, examples)})
+        return self._emit(tags)
+
+    def step(self):
+        if self.steps == 0:
+            self.started.set()
+            assert self.gate.wait(WAIT_S)
+        self.steps += 1
+        return self._emit(list(self.left))
+
+
+class ContinuousStub(StubBackbone):
+    def __init__(self):
+        super().__init__()
+        self.started, self.gate, self.batches = threading.Event(), threading.Event(), []
+
+    def running_batch(self, temperature, top_p):
+        self.batches.append(ScriptedBatch(self.started, self.gate))
+        return self.batches[-1]
+
+
+def test_a_request_arriving_mid_decode_joins_at_the_next_step_and_finishes_first():
+    """Row "long" (6 tokens) is decoding when "short" (same settings, 6 tokens) and "other" (other
+    max_tokens) arrive: "short" joins the running batch at the next step; "other" waits for the batch to
+    drain (nothing joins past it), then starts a batch of its own."""
+    bb = ContinuousStub()
+    scheduler = Scheduler(bb, batch_wait_s=0)
+    done = []
+    try:
+        (long,) = scheduler.submit_rows([Row(None, "", "long", "fuse", 6)])
+        assert bb.started.wait(WAIT_S)  # "long" has joined and its first step is running
+        (short,) = scheduler.submit_rows([Row(None, "", "short", "fuse", 6)])
+        (other,) = scheduler.submit_rows([Row(None, "", "other", "fuse", 2)])
+        (late,) = scheduler.submit_rows([Row(None, "", "late", "fuse", 6)])
+        for f in (long, short, other, late):
+            f.add_done_callback(lambda f: done.append(f.result()))
+        bb.gate.set()
+        assert [f.result(timeout=WAIT_S) for f in (long, short, other, late)] == [
+            "long",
+            "short",
+            "other",
+            "late",
+        ]
+    finally:
+        scheduler.close()
+    first, second, third = bb.batches
+    assert first.joins == [(["long"], 0), (["short"], 1)]  # joined while "long" was decoding
+    assert second.joins == [(["other"], 0)] and third.joins == [(["late"], 0)]  # no row jumps the queue
+    assert done == ["long", "short", "other", "late"]
+
+
+def test_seq2seq_rows_of_different_adapters_decode_as_one_batch_as_each_alone(backbones):
+    """T5 has no running batch: the worker gathers the waiting rows and runs one ``generate``; each row's
+    text equals the row decoded alone with its adapter (float64, see tagi_testing.float64_copy)."""
+    from tagi.backbones import PromptExample
+    from tagi_testing import float64_copy
+
+    bb = float64_copy(backbones["tiny-t5"])
+    torch.manual_seed(2)
+    w = [random_adapter(bb, 1, scale=1.0, dtype=torch.float64) for _ in range(2)]
+    sources = ["Input: moon.", "Input: a longer sky phrase.", "Input: x."]
+    calls = []
+    scheduler = Scheduler(bb, batch_wait_s=0, on_batch=lambda rows, s: calls.append(rows))
+    assert not scheduler.continuous
+    try:
+        rows = [
+            Row(w[i % 2], "Copy the input.", s, "fuse", 5, adapter_key=str(i % 2))
+            for i, s in enumerate(sources)
+        ]
+        outs = [f.result(timeout=WAIT_S) for f in scheduler.submit_rows(rows)]
+    finally:
+        scheduler.close()
+    alone = [
+        bb.generate([PromptExample("Copy the input.", s, "")], w[i % 2], "fuse", 5)[0]
+        for i, s in enumerate(sources)
+    ]
+    assert outs == alone and calls == [3]

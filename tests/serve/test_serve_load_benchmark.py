@@ -23,8 +23,8 @@ def test_smoke_run_writes_results(tmp_path, monkeypatch, capsys):
     assert [r["mode"] for r in cell["runs"]] == ["batched", "one_at_a_time"]
     for run in cell["runs"]:
         assert run["errors"] == 0 and run["completions"] == 6 and run["outputs_equal_predict"]
-        assert run["batches"] >= 1 and 1 <= run["mean_batch_rows"] <= 6
+        assert run["model_calls"] >= 6 and 1 <= run["mean_rows_per_call"] <= 6
     assert cell["throughput_ratio_batched_vs_one_at_a_time"] > 0
     one = cell["runs"][1]
-    assert one["mean_batch_rows"] == 1 and one["batches"] == 6  # max_batch=1: every request alone
+    assert one["mean_rows_per_call"] == 1  # max_batch=1: every request alone, one row per model call
     assert result["total_errors"] == 0 and "command" in result and "ratio" in capsys.readouterr().out

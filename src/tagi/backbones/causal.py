@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
@@ -30,11 +30,10 @@ from tagi.backbones.base import (
     PromptExample,
     PromptMode,
     Target,
-    pad_left,
     pad_right,
-    row_adapters,
-    sample_next,
 )
+from tagi.backbones.prefix_store import PrefixStore, run_prefixes, storable, unique_prefix_cache
+from tagi.backbones.running import RunningBatch
 from tagi.data.prompts import SOURCE_TEMPLATE
 from tagi.lora import LoraWeights, apply_lora
 
@@ -197,6 +196,12 @@ class CausalBackbone(Backbone):
         pos = pmask.sum(1)[rows][:, None] + steps[None]  # [N, T]: right after each row's prefix
         return cache, attn, pos
 
+    def running_batch(
+        self, temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None
+    ) -> RunningBatch:
+        """An empty batch that rows join and leave between decode steps (continuous batching)."""
+        return RunningBatch(self, temperature, top_p, generator)
+
     @torch.no_grad()
     def generate(
         self,
@@ -217,92 +222,56 @@ class CausalBackbone(Backbone):
         ``U`` distinct adapters of which row ``i`` uses ``adapter_rows[i]``. Rows with the same prefix and
         the same adapter share one key/value cache of the prefix (:meth:`_prefix_cache`).
         """
-        n = len(examples)
-        adapter, groups = row_adapters(adapter, adapter_rows, n)
-        prefixes = [self.prefix_ids(e.instruction, mode) for e in examples]
-        suffixes = [self.suffix_ids(e.source) for e in examples]
-        dev, cache = self.device, None
-        if prefixes[0]:  # the mode and the chat head are the batch's: every prefix is empty, or none is
-            cache, prefix_mask = self._prefix_cache(prefixes, groups, adapter)
-        else:
-            prefix_mask = torch.ones(n, 0, dtype=torch.long, device=dev)
-        ids, mask = pad_left(suffixes, self.pad_id)
-        ids, mask = ids.to(dev), mask.to(dev)
-        attn = torch.cat([prefix_mask, mask], 1)  # [N, P + S]: the padding holes are masked out
-        pos = (attn.cumsum(-1) - 1).clamp_min(0)[:, prefix_mask.shape[1] :]  # counting each row's prefix
-        return self._decode_loop(
-            ids, attn, pos, cache, adapter, max_new_tokens, temperature, top_p, generator, on_step
+        batch = self.running_batch(temperature, top_p, generator)
+        events = batch.join(
+            examples, adapter, mode, max_new_tokens or self.cfg.max_target_tokens, adapter_rows
         )
+        texts: dict[Any, str] = {}
+        while True:
+            if on_step is not None:
+                rows, tokens = zip(*events.tokens, strict=True)
+                on_step(torch.tensor(rows), torch.tensor(tokens))
+            texts.update(events.finished)
+            if not len(batch):
+                return [texts[i] for i in range(len(examples))]
+            events = batch.step()
 
     def _prefix_cache(
-        self, prefixes: list[list[int]], groups: list[Any], adapter: LoraWeights | None
+        self,
+        prefixes: list[list[int]],
+        groups: list[Any],
+        adapter: LoraWeights | None,
+        store: PrefixStore | None = None,
+        group_keys: Sequence[Hashable] | None = None,
     ) -> tuple[Any, torch.Tensor]:
         """The key/value cache of every row's prefix, each distinct (prefix, adapter) pair computed once.
 
         The ``U`` distinct prefixes run right-padded as one batch ``[U, P]``, each with its adapter active
         (exactly as a PEFT model with that adapter computes it), and the cache is then gathered to the
         ``N`` rows. One task's rows (``tagi predict``, the evaluation) thus encode its instruction once; a
-        server batch of rows for a few adapters encodes each adapter's instruction once. Returns the cache
-        and the prefix mask ``[N, P]``.
+        server batch of rows for a few adapters encodes each adapter's instruction once. With a ``store``
+        (:mod:`tagi.backbones.prefix_store`; ``group_keys[g]`` names the adapter of group ``g``), prefixes
+        computed by earlier calls are reused and new ones kept. Returns the cache and the mask ``[N, P]``.
         """
         keys = [(tuple(p), g) for p, g in zip(prefixes, groups)]
         unique = list(dict.fromkeys(keys))
         index = {k: u for u, k in enumerate(unique)}
         rows = torch.tensor([index[k] for k in keys], dtype=torch.long, device=self.device)  # [N]
         first = [keys.index(k) for k in unique]  # a row of each distinct prefix
-        pre, pmask = pad_right([list(k[0]) for k in unique], self.pad_id)
-        pre, pmask = pre.to(self.device), pmask.to(self.device)
         per_row = adapter is not None and adapter.batch_size > 1
-        # one prefix has no padding: no mask, the computation `tagi predict` and the evaluation always made
-        mask = {"attention_mask": pmask} if len(unique) > 1 else {}
-        with apply_lora(self.model, adapter.index(first) if per_row else adapter):
-            cache = self.model(input_ids=pre, use_cache=True, logits_to_keep=1, **mask).cache
+        unique_adapter = adapter.index(first) if per_row else adapter
+        if store is not None and storable(self.model):
+            names = [group_keys[g] for _, g in unique]
+            cache, pmask = unique_prefix_cache(
+                self, [list(p) for p, _ in unique], unique_adapter, store, names
+            )
+        else:
+            cache, pmask = run_prefixes(self, [list(p) for p, _ in unique], unique_adapter)
         if len(unique) == 1:
             cache.batch_repeat_interleave(len(keys))
         else:
             cache.batch_select_indices(rows)  # [U] -> [N]
         return cache, pmask[rows]
-
-    def _decode_loop(
-        self, ids, attn, pos, cache, adapter, max_new_tokens, temperature, top_p, generator, on_step=None
-    ) -> list[str]:
-        """Decode up to ``max_new_tokens`` for the ``N`` prompts ``ids`` (left-padded, after ``cache``).
-
-        A row leaves the batch as soon as it emits a stop token: its key/value cache, mask, positions and
-        (per-row) adapter are dropped, so the remaining steps cost what the unfinished rows cost.
-        """
-        n, limit = ids.shape[0], max_new_tokens or self.cfg.max_target_tokens
-        stop = torch.tensor(sorted(self.stop_ids), device=ids.device)
-        gen = torch.full((n, limit), self.pad_id, dtype=torch.long, device=ids.device)  # [N, limit]
-        alive = torch.arange(n, device=ids.device)  # original index of every row still decoding, [A]
-        per_row = adapter is not None and adapter.batch_size > 1
-        weights, steps = adapter, 0
-        for step in range(limit):
-            with apply_lora(self.model, weights):
-                out = self.model(
-                    input_ids=ids,
-                    attention_mask=attn,
-                    position_ids=pos,
-                    cache=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-            cache, steps = out.cache, step + 1
-            nxt = sample_next(out.logits[:, -1], temperature, top_p, generator)  # [A]
-            gen[alive, step] = nxt
-            if on_step is not None:
-                on_step(alive, nxt)
-            going = ~torch.isin(nxt, stop)  # [A]
-            if not bool(going.any()):
-                break
-            if not bool(going.all()):  # compact: finished rows leave the batch
-                keep = going.nonzero().squeeze(1)
-                cache.batch_select_indices(keep)
-                attn, pos, nxt, alive = attn[keep], pos[keep], nxt[keep], alive[keep]
-                weights = adapter.index(alive) if per_row else adapter
-            attn = torch.cat([attn, torch.ones(len(alive), 1, dtype=attn.dtype, device=attn.device)], 1)
-            pos, ids = pos[:, -1:] + 1, nxt[:, None]
-        return self._decode(gen[:, :steps])
 
     def _decode(self, gen: torch.Tensor) -> list[str]:
         texts = []

@@ -61,6 +61,7 @@ def serve(
     max_tokens: int | None = None,
     max_body_bytes: int = 1_000_000,
     cache_mb: int = 512,
+    prefix_cache_mb: int = 256,
     timeout: float = 120.0,
     device: str = "cpu",
 ) -> int:
@@ -77,6 +78,8 @@ def serve(
         max_tokens: largest max_tokens a request may ask (default: 256, or the model's max_target_tokens if larger).
         max_body_bytes: largest request body.
         cache_mb: memory for generated adapters (least recently used are dropped, and regenerated on use).
+        prefix_cache_mb: memory for the key/value caches of adapters' instruction prefixes, reused across
+            requests (decoder-only models; 0 turns it off).
         timeout: seconds a request may wait for the model before a 408.
         device: torch device.
     """
@@ -97,6 +100,7 @@ def serve(
         max_queue=max_queue,
         timeout_s=timeout,
         cache_bytes=cache_mb * 2**20,
+        prefix_cache_bytes=prefix_cache_mb * 2**20,
     )
     service = Service(Tagi.from_checkpoint(path, device=device), limits)
     app = create_app(service, token=token, cors_origins=cors_origin or ())

@@ -5,7 +5,9 @@ One process loads the base model and the hypernetwork once. The pieces:
 - :mod:`tagi.serve.cache` — server-made adapter ids (content hashes), an LRU of generated adapters
   bounded in bytes, PEFT folders as zip files;
 - :mod:`tagi.serve.scheduler` — the one worker thread that owns the model; concurrent requests for
-  *different* adapters are decoded in one batch with a per-row adapter and per-row stopping;
+  *different* adapters decode together with a per-row adapter (continuous batching: a request joins the
+  running batch at the next decode step and leaves it when it stops), and each adapter's instruction
+  prefix is computed once and kept (:mod:`tagi.backbones.prefix_store`);
 - :mod:`tagi.serve.service` — requests -> model work, limits, timeouts (no HTTP);
 - :mod:`tagi.serve.app`, :mod:`tagi.serve.openai_api` — FastAPI routes, OpenAI request/response shapes,
   bearer token, body limit, CORS, JSON errors; :mod:`tagi.serve.metrics` — Prometheus;

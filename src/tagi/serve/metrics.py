@@ -1,8 +1,8 @@
 """Prometheus metrics of one server (its own registry, so several apps in one process do not collide).
 
 ``GET /metrics`` serves them in the Prometheus text format: requests by endpoint and status, request
-latency, decoded batch sizes and times, queue depth, cached adapters and their bytes, adapter generation
-time, adapter requests answered from the cache and generated tokens. Requests refused for their body
+latency, rows and time per model call (decode step or join), queue depth, cached adapters and their bytes, adapter generation
+time, adapter requests answered from the cache, the prefix cache and generated tokens. Requests refused for their body
 size (413, before any route runs) are counted under their endpoint too.
 """
 
@@ -33,10 +33,16 @@ class Metrics:
             registry=r,
         )
         self.batch_size = Histogram(
-            "tagi_batch_size", "rows decoded together in one batch", buckets=BATCH_BUCKETS, registry=r
+            "tagi_batch_size",
+            "rows in one model call: a decode step, or requests joining the running batch (T5: a whole batch)",
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.batch_seconds = Histogram(
-            "tagi_batch_seconds", "time to decode one batch", buckets=LATENCY_BUCKETS, registry=r
+            "tagi_batch_seconds",
+            "time of one model call (see tagi_batch_size)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.adapter_seconds = Histogram(
             "tagi_adapter_generation_seconds",
@@ -59,6 +65,21 @@ class Metrics:
         self.queue_depth.set_function(depth)
         self.adapters.set_function(count)
         self.adapter_bytes.set_function(nbytes)
+
+    def track_prefixes(self, store) -> None:
+        """Counters and gauges of the prefix store (:class:`tagi.backbones.prefix_store.PrefixStore`)."""
+        r = self.registry
+        for name, doc, fn in (
+            (
+                "tagi_prefix_cache_hits",
+                "instruction prefixes taken from the prefix cache",
+                lambda: store.hits,
+            ),
+            ("tagi_prefix_cache_misses", "instruction prefixes computed (then kept)", lambda: store.misses),
+            ("tagi_prefix_cache_bytes", "bytes of cached prefix keys and values", lambda: store.nbytes),
+            ("tagi_prefix_cache_entries", "instruction prefixes held", lambda: len(store)),
+        ):
+            Gauge(name, doc, registry=r).set_function(fn)
 
     def observe_batch(self, rows: int, seconds: float) -> None:
         self.batch_size.observe(rows)

@@ -10,7 +10,7 @@ put a task definition in the prompt — the in-context baseline the web page sho
 Greedy by default (OpenAI's default temperature is 1; tagi's is 0); ``temperature``, ``top_p``, ``seed``
 and ``max_tokens`` are honoured. ``stream: true`` answers with server-sent events in OpenAI's chunk shape,
 ending with ``data: [DONE]``: decoder-only models send the text piece by piece as the batched decode loop
-produces it (:class:`~tagi.serve.scheduler.TextStream`), T5 when its batch ends; an error after the stream
+produces it (:class:`~tagi.serve.streams.TextStream`), T5 when its batch ends; an error after the stream
 has started is sent as an ``{"error": ...}`` event. ``n`` > 1 and ``stop`` sequences are refused with 400.
 """
 

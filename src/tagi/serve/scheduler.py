@@ -5,25 +5,28 @@
 instruction. Two threads using the model at once would see each other's hooks, so every piece of model
 work — adapter generation and decoding — goes through this scheduler's queue and runs on its worker.
 
-**Batching different adapters.** :class:`~tagi.lora.LoraWeights` holds one adapter *per row*
-(``A [N, r, in]``, ``B [N, out, r]``), applied with two batched matmuls, and the backbones' decode loop
-drops finished rows from the batch (their cache, mask and per-row adapter). So the worker takes the oldest
-waiting row and gathers up to ``max_batch - 1`` more waiting rows that decode under the same settings
-(:func:`batch_key`: prompt mode, ``max_tokens``, temperature, top_p), *whatever their adapter*, stacks their
-adapters row by row (the base model is a row of zeros: adding an exact zero changes nothing) and runs one
-``backbone.generate``. A row's output does not depend on which other rows share its batch (greedy; tested
-against ``tagi predict``). A serving stack that merges one adapter into the weights can only batch requests
-of the same adapter.
+**Batching different adapters, continuously.** :class:`~tagi.lora.LoraWeights` holds one adapter *per
+row* (``A [N, r, in]``, ``B [N, out, r]``), applied with two batched matmuls, so rows of different adapters
+decode in one model call (the base model is a row of zeros: adding an exact zero changes nothing). On a
+decoder-only model the worker keeps one :class:`~tagi.backbones.running.RunningBatch` going: between two
+decode steps, the rows that arrived meanwhile and decode under the same settings (:func:`batch_key`:
+``max_tokens``, temperature, top_p), *whatever their adapter*, are prefilled and join it, up to
+``max_batch`` rows; a finished row leaves at once and its request gets its text. A new request therefore
+starts at the next step instead of waiting for the longest row of the batch ahead of it (iteration-level
+scheduling). :func:`stack_rows` passes each distinct adapter of the joining rows once with every row's
+index, so rows of one adapter share its instruction's key/value cache. If the oldest waiting row has other
+settings, nothing more joins until the batch drains, so it cannot be starved. A row's output does not
+depend on which rows share its batch (greedy; tested against ``tagi predict``). A serving stack that merges
+one adapter into the weights can only batch requests of the same adapter.
 
-A row may carry a ``stream`` listener: decoder-only batches report every step's tokens
-(``CausalBackbone.generate(on_step=...)``) and :class:`TextStream` turns them into text pieces as they are
-decoded (server-sent events); T5 rows get their text when the batch ends.
+Seq2seq (T5) rows, which decode through transformers' ``generate``, and rows that ask for a ``seed`` are
+decoded as one batch from start to end instead: the worker gathers the oldest waiting row and up to
+``max_batch - 1`` more of its key and runs one ``backbone.generate``. A seeded request decodes alone,
+seeded as ``Tagi.predict`` seeds, so a seeded sample is reproducible and equals ``tagi predict --seed``.
 
-Rows that ask for a ``seed`` are decoded on their own, seeded as ``Tagi.predict`` seeds, so a seeded
-sample is reproducible and equals ``tagi predict --seed``. The batch passes each distinct adapter once
-with every row's index into them (:func:`stack_rows`), so on a decoder-only model the rows of one adapter
-share its instruction's key/value cache: a batch over ``U`` adapters encodes ``U`` instructions, not one
-per row.
+A row may carry a ``stream`` listener: decoder-only rows report every token as it is decoded and
+:class:`TextStream` turns them into text pieces (server-sent events); T5 rows get their text when the
+batch ends.
 
 **Back-pressure.** At most ``max_queue`` rows wait; :meth:`Scheduler.submit_rows` raises
 :class:`QueueFull` beyond that (the app answers 429). A caller that gives up cancels its futures; the
@@ -32,6 +35,7 @@ worker skips cancelled rows.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -46,7 +50,9 @@ from typing import Any
 import torch
 
 from tagi.backbones import PromptExample
+from tagi.backbones.prefix_store import PrefixStore
 from tagi.lora import LoraWeights
+from tagi.serve.streams import TextStream, push_tokens
 
 log = logging.getLogger("tagi.serve")
 
@@ -68,6 +74,7 @@ class Row:
     top_p: float = 1.0
     seed: int | None = None
     group: int = 0  # request number: seeded rows batch only with their own request
+    adapter_key: str = "base"  # the adapter's server id: names its instruction prefix in the prefix store
     stream: Callable[[str], None] | None = None  # gets the text as it is decoded (see TextStream)
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
@@ -81,44 +88,6 @@ class Task:
     future: Future = field(default_factory=Future)
 
 
-class TextStream:
-    """One row's tokens -> text pieces whose concatenation is the row's final output (``backbone._decode``:
-    cut at the first stop token, special tokens skipped, stripped). A piece is sent once the decoded text
-    extends what was sent; an incomplete UTF-8 character or trailing whitespace waits for the next token."""
-
-    def __init__(self, tokenizer, stop_ids: set[int], emit: Callable[[str], None]) -> None:
-        self.tokenizer, self.stop_ids, self.emit = tokenizer, stop_ids, emit
-        self.ids: list[int] = []
-        self.sent, self.stopped = "", False
-
-    def _send(self, text: str) -> None:
-        if len(text) > len(self.sent) and text.startswith(self.sent):
-            piece, self.sent = text[len(self.sent) :], text
-            try:
-                self.emit(piece)
-            except Exception:  # noqa: BLE001 - a gone listener never breaks the batch
-                log.debug("stream listener failed", exc_info=True)
-
-    def push(self, token: int) -> None:
-        if self.stopped or token in self.stop_ids:
-            self.stopped = True
-            return
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).strip()
-        if not text.endswith("\ufffd"):
-            self._send(text)
-
-    def finish(self, final: str) -> None:
-        self._send(final)
-
-
-def _push_tokens(streams: dict[int, TextStream], alive: torch.Tensor, tokens: torch.Tensor) -> None:
-    """``on_step`` of the decode loop: each streamed row still decoding gets its new token."""
-    for i, t in zip(alive.tolist(), tokens.tolist()):
-        if i in streams:
-            streams[i].push(t)
-
-
 def batch_key(row: Row, family: str) -> tuple:
     """Rows with equal keys decode in one batch. Decoder-only prompts are ``head + instruction + source +
     tail`` in every mode (``none`` just has no instruction), so the mode only splits T5 batches."""
@@ -127,25 +96,63 @@ def batch_key(row: Row, family: str) -> tuple:
     return (mode, row.max_tokens, *sampling, row.group if row.seed is not None else None)
 
 
-def stack_rows(rows: Sequence[Row]) -> tuple[LoraWeights | None, list[int] | None]:
-    """``(adapters, adapter_rows)``: the batch's distinct adapters stacked ``[U]`` (the base model is an
-    adapter of zeros) and each row's index into them; ``(adapter, None)`` when every row has the same one
-    (or ``(None, None)``: none has any). Rows of one adapter then share its instruction's prefix cache
-    (``CausalBackbone.generate(adapter_rows=...)``)."""
-    present = [r.weights for r in rows if r.weights is not None]
+def stack_rows(rows: Sequence[Row]) -> tuple[LoraWeights | None, list[int] | None, list[str]]:
+    """``(adapters, adapter_rows, keys)``: the batch's distinct adapters stacked ``[U]`` (the base model is
+    an adapter of zeros), each row's index into them and each distinct adapter's key; ``(adapter, None,
+    [key])`` when every row has the same one (or ``(None, None, ["base"])``: none has any). Rows of one
+    adapter then share its instruction's prefix cache (``CausalBackbone.generate(adapter_rows=...)``)."""
+    present = [r for r in rows if r.weights is not None]
     if not present:
-        return None, None
-    if len(present) == len(rows) and all(w is present[0] for w in present):
-        return present[0], None
+        return None, None, ["base"]
+    if len(present) == len(rows) and all(r.weights is present[0].weights for r in present):
+        return present[0].weights, None, [present[0].adapter_key]
+    like = present[0].weights
     zero = LoraWeights(
-        {k: torch.zeros_like(v) for k, v in present[0].A.items()},
-        {k: torch.zeros_like(v) for k, v in present[0].B.items()},
-        present[0].scaling,
+        {k: torch.zeros_like(v) for k, v in like.A.items()},
+        {k: torch.zeros_like(v) for k, v in like.B.items()},
+        like.scaling,
     )
     weights = [r.weights if r.weights is not None else zero for r in rows]
-    distinct = {id(w): w for w in weights}  # by object: the cache hands every request of an adapter the same
+    distinct: dict[int, tuple[LoraWeights, str]] = {}  # by object: the cache hands every request the same
+    for r, w in zip(rows, weights, strict=True):
+        distinct.setdefault(id(w), (w, r.adapter_key if r.weights is not None else "base"))
     order = {key: u for u, key in enumerate(distinct)}
-    return LoraWeights.stack(list(distinct.values())), [order[id(w)] for w in weights]
+    stacked = LoraWeights.stack([w for w, _ in distinct.values()])
+    return stacked, [order[id(w)] for w in weights], [k for _, k in distinct.values()]
+
+
+class _Running:
+    """The batch being decoded continuously: its batch key, and the row (and stream) behind each tag."""
+
+    def __init__(self, batch, key: tuple) -> None:
+        self.batch, self.key = batch, key
+        self.rows: dict[int, Row] = {}
+        self.streams: dict[int, TextStream] = {}
+        self._tags = itertools.count()
+
+    def add(self, rows: list[Row], streams: dict[int, TextStream]) -> list[int]:
+        """Tags for new rows (``streams`` keyed by their index in ``rows``)."""
+        tags = [next(self._tags) for _ in rows]
+        self.rows.update(zip(tags, rows, strict=True))
+        self.streams.update({tags[i]: stream for i, stream in streams.items()})
+        return tags
+
+    def deliver(self, events) -> None:
+        """Stream each new token; finished rows get their text."""
+        for tag, token in events.tokens:
+            if tag in self.streams:
+                self.streams[tag].push(token)
+        for tag, text in events.finished:
+            stream = self.streams.pop(tag, None)
+            if stream is not None:
+                stream.finish(text)
+            self.rows.pop(tag).future.set_result(text)
+
+    def fail(self, error: BaseException) -> None:
+        for row in self.rows.values():
+            if not row.future.done():
+                row.future.set_exception(error)
+        self.rows.clear()
 
 
 class Scheduler:
@@ -158,12 +165,16 @@ class Scheduler:
         max_queue: int = 256,
         batch_wait_s: float = 0.005,
         on_batch: Callable[[int, float], None] | None = None,
+        prefix_store: PrefixStore | None = None,
     ) -> None:
         self.backbone = backbone
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_s
-        self.on_batch = on_batch  # (rows in the batch, seconds it took)
+        self.on_batch = on_batch  # (rows in one model call, seconds it took)
+        self.prefix_store = prefix_store  # instruction prefixes' caches kept across requests (decoder-only)
+        # decoder-only backbones decode continuously: waiting rows join the running batch between steps
+        self.continuous = callable(getattr(backbone, "running_batch", None))
         self._queue: deque[Row | Task] = deque()
         self._cond = threading.Condition()
         self._groups = 0
@@ -205,41 +216,101 @@ class Scheduler:
         self._thread.join(timeout=30)
 
     # ---- the worker
-    def _next(self) -> list[Row] | Task | None:
+    def _next(self, running: _Running | None) -> list[Row] | Task | None:
+        """The next job: a task at the head of the queue, rows to start a batch with (waiting for work when
+        none runs), or rows to join the running batch (possibly none, without waiting). ``None``: closed."""
         with self._cond:
-            while not self._queue and not self._closed:
+            while not self._queue and not self._closed and running is None:
                 self._cond.wait()
             if self._closed:
                 return None
-            head = self._queue[0]
-            if isinstance(head, Task):
+            if self._queue and isinstance(self._queue[0], Task):
                 return self._queue.popleft()
+            if running is not None:
+                room = self.max_batch - len(running.batch) if running.batch.can_join else 0
+                return self._take(running.key, room, joining=True)
         if self.batch_wait_s > 0:  # let requests that arrive together meet in one batch
             time.sleep(self.batch_wait_s)
         with self._cond:
-            head = self._queue.popleft()
-            key = batch_key(head, self.backbone.family)
-            batch = [head]
-            for job in list(self._queue):
-                if len(batch) >= self.max_batch:
-                    break
-                if isinstance(job, Row) and batch_key(job, self.backbone.family) == key:
-                    batch.append(job)
-                    self._queue.remove(job)
-            return batch
+            head = self._queue[0]
+            return self._take(batch_key(head, self.backbone.family), self.max_batch, joining=False)
+
+    def _take(self, key: tuple, room: int, joining: bool) -> list[Row]:
+        """Up to ``room`` waiting rows of batch key ``key``, in queue order (caller holds the lock).
+
+        Starting a batch (``joining=False``) gathers every waiting row of the key. Joining a running batch
+        takes only the oldest waiting rows up to the first of another key: a row with other settings then
+        waits just for the running batch to drain, and no later row joins ahead of it."""
+        waiting = [j for j in self._queue if isinstance(j, Row)]
+        batch = []
+        for row in waiting:
+            if len(batch) >= room:
+                break
+            if batch_key(row, self.backbone.family) == key:
+                batch.append(row)
+            elif joining:
+                break
+        for r in batch:
+            self._queue.remove(r)
+        return batch
 
     def _run(self) -> None:
+        running: _Running | None = None
         while True:
-            job = self._next()
+            job = self._next(running)
             if job is None:
+                if running is not None:
+                    running.fail(RuntimeError("the server is shutting down"))
                 return
             if isinstance(job, Task):
                 if job.future.set_running_or_notify_cancel():
                     self._settle(job.future, job.fn)
                 continue
             rows = [r for r in job if r.future.set_running_or_notify_cancel()]
-            if rows:
-                self._decode(rows)
+            if rows and (not self.continuous or rows[0].seed is not None):
+                self._decode(rows)  # seeded rows (and seq2seq models) decode as one batch, start to end
+            elif rows:
+                running = self._join(running, rows)
+            if running is not None:
+                running = self._step(running)
+
+    def _join(self, running: _Running | None, rows: list[Row]) -> _Running | None:
+        """Prefill ``rows`` into the running batch (a new one when none runs)."""
+        first = rows[0]
+        if running is None:
+            batch = self.backbone.running_batch(first.temperature, first.top_p)
+            running = _Running(batch, batch_key(first, self.backbone.family))
+        tags = running.add(rows, self._streams(rows))
+        t0 = time.perf_counter()
+        try:
+            weights, adapter_rows, keys = stack_rows(rows)
+            weights = weights.to(self.backbone.device) if weights is not None else None
+            examples = [PromptExample(r.instruction, r.source, "") for r in rows]
+            events = running.batch.join(
+                examples, weights, "fuse", first.max_tokens, adapter_rows, tags, self.prefix_store, keys
+            )
+        except BaseException as e:  # noqa: BLE001 - every row of the batch gets the error
+            log.exception("prefilling %d rows failed", len(rows))
+            running.fail(e)
+            return None
+        if self.on_batch is not None:
+            self.on_batch(len(rows), time.perf_counter() - t0)
+        running.deliver(events)
+        return running if len(running.batch) else None
+
+    def _step(self, running: _Running) -> _Running | None:
+        """One decode step of the running batch; finished rows get their text."""
+        size, t0 = len(running.batch), time.perf_counter()
+        try:
+            events = running.batch.step()
+        except BaseException as e:  # noqa: BLE001 - every row of the batch gets the error
+            log.exception("a decode step of %d rows failed", size)
+            running.fail(e)
+            return None
+        if self.on_batch is not None:
+            self.on_batch(size, time.perf_counter() - t0)
+        running.deliver(events)
+        return running if len(running.batch) else None
 
     @staticmethod
     def _settle(future: Future, fn: Callable[[], Any]) -> None:
@@ -258,12 +329,12 @@ class Scheduler:
         examples = [PromptExample(r.instruction, r.source, "") for r in rows]
         mode = "fuse" if self.backbone.family == "causal" else first.mode
         try:
-            weights, adapter_rows = stack_rows(rows)
+            weights, adapter_rows, _ = stack_rows(rows)
             weights = weights.to(self.backbone.device) if weights is not None else None
             seeded, streams = first.seed is not None, self._streams(rows)
             extra: dict[str, Any] = {"adapter_rows": adapter_rows}
             if streams and self.backbone.family == "causal":  # T5 (transformers' generate): at the end
-                extra["on_step"] = partial(_push_tokens, streams)
+                extra["on_step"] = partial(push_tokens, streams)
             with torch.random.fork_rng() if seeded else nullcontext():
                 if seeded:
                     torch.manual_seed(first.seed)

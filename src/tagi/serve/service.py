@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from tagi.backbones.prefix_store import PrefixStore
 from tagi.data import Example, format_source
 from tagi.data import Task as SniTask
 from tagi.serve.cache import AdapterCache, Entry, adapter_id, peft_zip
@@ -38,6 +39,7 @@ class Limits:
     max_queue: int = 256  # rows waiting; 429 beyond
     timeout_s: float = 120.0  # waiting for model work; 408 beyond
     cache_bytes: int = 512 * 2**20  # generated adapters kept in memory (LRU)
+    prefix_cache_bytes: int = 256 * 2**20  # instruction prefixes' key/value caches (LRU; 0 = none)
 
 
 class ApiError(Exception):
@@ -76,14 +78,19 @@ class Service:
         self.max_tokens = self.limits.max_tokens or max(256, self.default_tokens)
         self.cache = AdapterCache(self.limits.cache_bytes)
         self.metrics = Metrics()
+        causal = bb.family == "causal" and self.limits.prefix_cache_bytes > 0
+        self.prefixes = PrefixStore(self.limits.prefix_cache_bytes) if causal else None
         self.scheduler = Scheduler(
             bb,
             self.limits.max_batch,
             self.limits.max_queue,
             self.batch_wait_s,
             on_batch=self.metrics.observe_batch,
+            prefix_store=self.prefixes,
         )
         self.metrics.track(self.scheduler.depth, lambda: len(self.cache), lambda: self.cache.nbytes)
+        if self.prefixes is not None:
+            self.metrics.track_prefixes(self.prefixes)
 
     @property
     def base_name(self) -> str:
@@ -182,7 +189,9 @@ class Service:
         if entry is not None:
             ad = entry.adapter
             ins = ad.instruction if ad.mode != "none" else ""
-            return Row(ad.weights, ins, format_source(text), ad.mode, max_tokens, **sampling)
+            return Row(
+                ad.weights, ins, format_source(text), ad.mode, max_tokens, **sampling, adapter_key=entry.id
+            )
         if context:  # the base model with the instruction in the prompt (in-context baseline)
             # wrapped as a definition; the backbone truncates it to model.max_instruction_tokens
             ins = self.tagi.instruction_text(context)
