@@ -3,11 +3,15 @@
 Command (from the repository root; run it with the machine to itself)::
 
     python benchmarks/specificity_levers.py [--sni-dir ../shared/data/sni] [--steps 128] [--levers base ...]
+                                            [--val-instances 5] [--results benchmarks/results/...json]
 
 Every lever is a set of config overrides on top of ``configs/bench-sni-smollm2.yaml`` with CE only (the
 setting the validation split chose over distillation, see the README's ablations) and task-grouped batches.
 For each lever the hypernetwork is pretrained (shared by levers with the same ``hyper`` settings) and
-finetuned for ``--steps`` steps; then, on the 8 held-out *training* tasks (never test tasks), it reports:
+finetuned for ``--steps`` steps (a run folder per lever and step count, so runs of other lengths are kept);
+``no-hypernet`` is the control, one learned adapter (the hypernetwork reads one empty text for every task).
+Then, on the first ``--val-instances`` instances of the 8 held-out *training* tasks (never test tasks), it
+reports:
 
 - ``rougeL``: greedy Rouge-L at Def with the task's own adapter and its instruction in the prompt;
 - ``swap_delta``: that score minus the score when the hypernetwork reads a *different* validation task's
@@ -47,6 +51,8 @@ LEVERS = {
     "prompt-dropout": ["finetune.prompt_dropout=0.5"],
     "standardize+dropout": ["hyper.input_norm=standardize", "finetune.prompt_dropout=0.5"],
     "sentence-encoder": ["hyper.encoder=sentence", "finetune.use_pretrained=false"],
+    # the control: the hypernetwork reads one empty text for every task, i.e. one learned adapter
+    "no-hypernet": ["finetune.hyper_input=empty"],
 }
 VAL_INSTANCES = 5
 
@@ -61,10 +67,10 @@ def lever_config(name: str, sni_dir: str, out: Path, steps: int, config: Path = 
         config,
         [f"data.sni_dir={sni_dir}", f"out_dir={run}", *COMMON, f"finetune.train.max_steps={steps}", *overrides,
          *extra],
-    ), run / f"finetune-{name}"  # fmt: skip
+    ), run / (f"finetune-{name}" if steps == 128 else f"finetune-{name}-{steps}steps")  # fmt: skip
 
 
-def measure(cfg, folder: Path, backbone) -> dict:
+def measure(cfg, folder: Path, backbone, instances: int = VAL_INSTANCES) -> dict:
     from tagi.data import format_instruction
     from tagi.data.select import load_tasks
     from tagi.evaluate.compare import generated_spread
@@ -74,14 +80,15 @@ def measure(cfg, folder: Path, backbone) -> dict:
 
     model = TagiModel.load(folder / "final", backbone).eval()
     _, val = training_tasks(cfg)
-    own = {t.name: format_instruction(t, 0) for t in val}
+    empty = cfg.finetune.hyper_input == "empty"  # the hypernetwork was trained on one empty text
+    own = {t.name: "" if empty else format_instruction(t, 0) for t in val}
     names = sorted(own)
     other = {n: own[names[(i + 1) % len(names)]] for i, n in enumerate(names)}
     true, swapped, alone = (
-        decoded_rouge(model, val, hyper, mode, 0, VAL_INSTANCES, 1.5)
+        decoded_rouge(model, val, hyper, mode, 0, instances, 1.5)
         for hyper, mode in ((own, "fuse"), (other, "fuse"), (own, "none"))
     )
-    test_texts = [format_instruction(t, 0) for t in load_tasks(cfg.data, "test")]
+    test_texts = ["" if empty else format_instruction(t, 0) for t in load_tasks(cfg.data, "test")]
     done = read_done(folder)
     return {
         "rougeL": true, "swap_delta": true - swapped, "alone": alone,
@@ -99,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/levers")
     parser.add_argument(
         "--config", default=str(CONFIG), help="base config (configs/tiny.yaml for a smoke run)"
+    )
+    parser.add_argument(
+        "--val-instances", type=int, default=VAL_INSTANCES, help="decoded instances per validation task"
     )
     parser.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every lever")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "specificity_levers.json"))
@@ -120,14 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.finetune.use_pretrained:
             run_pretrain(cfg, backbone)
         run_finetune(cfg, backbone, out_dir=folder)
-        rows[name] = measure(cfg, folder, backbone) | {"stage_s": time.perf_counter() - t0}
+        rows[name] = measure(cfg, folder, backbone, args.val_instances) | {
+            "stage_s": time.perf_counter() - t0
+        }
         configs[name] = to_dict(cfg)
         r = rows[name]
         print(f"{name:22s} rougeL {r['rougeL']:5.1f}  swap delta {r['swap_delta']:+5.1f}  alone {r['alone']:5.1f}  "
               f"share val {r['val_spread']['task_specific_share']:.3f} test {r['test_spread']['task_specific_share']:.3f}",
               flush=True)  # fmt: skip
     out = {"levers": rows, "overrides": {n: [*COMMON, *LEVERS[n]] for n in args.levers}, "steps": args.steps,
-           "validation_instances": VAL_INSTANCES, "configs": configs, "seed": 0,
+           "validation_instances": args.val_instances, "configs": configs, "seed": 0,
            **provenance("specificity_levers.py", argv if argv is not None else sys.argv[1:], torch.get_num_threads(), load_start)}  # fmt: skip
     Path(args.results).write_text(json.dumps(relative_paths(out), indent=2) + "\n")
     print(f"results: {args.results}")

@@ -119,22 +119,26 @@ def test_demo_check_reports_every_changed_score():
 
 
 def test_specificity_levers_smoke_run(tmp_path):
-    """The lever benchmark end to end on the tiny model: every lever gets its validation numbers, and
-    standardising the hypernetwork's input makes its adapters more task-specific than the base setting."""
+    """The lever benchmark end to end on the tiny model: every lever gets its validation numbers,
+    standardising the hypernetwork's input makes its adapters more task-specific than the base setting, and
+    the no-hypernet control is one adapter (nothing to swap, no task-specific part)."""
     spec = importlib.util.spec_from_file_location("levers", SCRIPT.parent / "specificity_levers.py")
     levers = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(SCRIPT.parent))
     spec.loader.exec_module(levers)
     out = tmp_path / "levers.json"
     argv = ["--config", str(SCRIPT.parents[1] / "configs" / "tiny.yaml"), "--steps", "4", "--out",
-            str(tmp_path / "run"), "--results", str(out), "--levers", "base", "standardize", "--set",
+            str(tmp_path / "run"), "--results", str(out), "--levers", "base", "standardize", "no-hypernet",
+            "--val-instances", "2", "--set",
             "data.validation_tasks=3", "data.max_train_tasks=8", "pretrain.train.max_steps=2"]  # fmt: skip
     assert levers.main(argv) == 0
     rows = json.loads(out.read_text())["levers"]
-    assert set(rows) == {"base", "standardize"}
+    assert set(rows) == {"base", "standardize", "no-hypernet"}
     for r in rows.values():
         assert (
             0 <= r["rougeL"] <= 100 and r["val_spread"]["adapters"] == 3 and r["test_spread"]["adapters"] > 0
         )
     share = {n: r["val_spread"]["task_specific_share"] for n, r in rows.items()}
     assert share["standardize"] > 10 * share["base"]
+    assert rows["no-hypernet"]["swap_delta"] == 0 and abs(share["no-hypernet"]) < 1e-6
+    assert json.loads(out.read_text())["validation_instances"] == 2

@@ -169,6 +169,18 @@ TABLES = {
 }
 
 
+LONGER = "benchmarks/results/sni-smollm2-longer/results.json"
+LONGER_ROWS = {
+    "copy-demo (the first demonstration's output; no model)": "copy-demo",
+    "tagi-no-hypernet (one learned adapter, same training)": "tagi-no-hypernet",
+    "TAGI (CE only, 384 steps)": "tagi",
+}
+
+
+def longer_paired_rows(srcs: list[dict]) -> dict:
+    return {f"TAGI − {m}": [None, paired(srcs[0], m, "Def")] for m in ("copy-demo", "tagi-no-hypernet")}
+
+
 def specific_paired_rows(srcs: list[dict]) -> dict:
     res = srcs[0]
     methods = [m for m in SPECIFIC_ROWS.values() if m != "tagi"]
@@ -186,6 +198,10 @@ TABLES |= {
     ),
     "paired over the 83 tasks": Table((SPECIFIC,), specific_paired_rows),
     "generated adapters (83 test instructions, Def)": Table((SPECIFIC,), specificity_rows),
+    "method (Rouge-L / EM, 83 unseen tasks, 384 finetuning steps)": Table(
+        (LONGER,), _methods_table(LONGER_ROWS, ("Def",))
+    ),
+    "paired over the 83 tasks, 384 steps": Table((LONGER,), longer_paired_rows),
 }
 TABLES |= {
     "adapters × clients": Table(("benchmarks/results/serve_load.json",), serve_rows),
@@ -194,6 +210,9 @@ TABLES |= {
     ),
     "lever (CE only, 128 steps, task_group 4)": Table(
         ("benchmarks/results/specificity_levers.json",), lever_rows
+    ),
+    "lever (CE only, 384 steps, task_group 4, 8 tasks × 20 instances)": Table(
+        ("benchmarks/results/specificity_levers_384steps.json",), lever_rows
     ),
 }
 UNCHECKED = {"module"}  # tables without results (the design table)
