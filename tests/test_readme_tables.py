@@ -172,13 +172,15 @@ TABLES = {
 LONGER = "benchmarks/results/sni-smollm2-longer/results.json"
 LONGER_ROWS = {
     "copy-demo (the first demonstration's output; no model)": "copy-demo",
+    "multitask-lora (one LoRA for all training tasks, instruction in context)": "multitask-lora",
     "tagi-no-hypernet (one learned adapter, same training)": "tagi-no-hypernet",
     "TAGI (CE only, 384 steps)": "tagi",
 }
 
 
 def longer_paired_rows(srcs: list[dict]) -> dict:
-    return {f"TAGI − {m}": [None, paired(srcs[0], m, "Def")] for m in ("copy-demo", "tagi-no-hypernet")}
+    methods = ("copy-demo", "multitask-lora", "tagi-no-hypernet")
+    return {f"TAGI − {m}": [None, paired(srcs[0], m, "Def")] for m in methods}
 
 
 def specific_paired_rows(srcs: list[dict]) -> dict:
