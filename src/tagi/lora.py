@@ -81,6 +81,14 @@ class LoraWeights:
             {k: v[idx] for k, v in self.A.items()}, {k: v[idx] for k, v in self.B.items()}, self.scaling
         )
 
+    def zeros(self, n: int = 1) -> LoraWeights:
+        """``n`` adapters of zeros shaped like these (the base model as rows of a per-row batch)."""
+        return LoraWeights(
+            {k: v.new_zeros((n, *v.shape[1:])) for k, v in self.A.items()},
+            {k: v.new_zeros((n, *v.shape[1:])) for k, v in self.B.items()},
+            self.scaling,
+        )
+
     def detach(self) -> LoraWeights:
         return LoraWeights(
             {k: v.detach() for k, v in self.A.items()},

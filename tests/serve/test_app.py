@@ -278,8 +278,11 @@ def test_requests_for_one_adapter_reuse_its_instruction_prefix(server):
     second = c.post("/v1/completions", json=body | {"prompt": INPUTS[1]}).json()["choices"][0]["text"]
     again = c.post("/v1/completions", json=body).json()["choices"][0]["text"]
     after = c.get("/metrics").text
-    assert sample(middle, "tagi_prefix_cache_misses") == sample(before, "tagi_prefix_cache_misses") + 1
-    assert sample(after, "tagi_prefix_cache_misses") == sample(middle, "tagi_prefix_cache_misses")
-    assert sample(after, "tagi_prefix_cache_hits") == sample(middle, "tagi_prefix_cache_hits") + 2
+    assert (
+        sample(middle, "tagi_prefix_cache_misses_total")
+        == sample(before, "tagi_prefix_cache_misses_total") + 1
+    )
+    assert sample(after, "tagi_prefix_cache_misses_total") == sample(middle, "tagi_prefix_cache_misses_total")
+    assert sample(after, "tagi_prefix_cache_hits_total") == sample(middle, "tagi_prefix_cache_hits_total") + 2
     assert again == first and isinstance(second, str)
     assert sample(after, "tagi_prefix_cache_entries") >= 1 and sample(after, "tagi_prefix_cache_bytes") > 0

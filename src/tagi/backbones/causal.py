@@ -32,7 +32,7 @@ from tagi.backbones.base import (
     Target,
     pad_right,
 )
-from tagi.backbones.prefix_store import PrefixStore, run_prefixes, storable, unique_prefix_cache
+from tagi.backbones.prefix_store import PrefixStore, run_prefixes, unique_prefix_cache
 from tagi.backbones.running import RunningBatch
 from tagi.data.prompts import SOURCE_TEMPLATE
 from tagi.lora import LoraWeights, apply_lora
@@ -250,8 +250,9 @@ class CausalBackbone(Backbone):
         (exactly as a PEFT model with that adapter computes it), and the cache is then gathered to the
         ``N`` rows. One task's rows (``tagi predict``, the evaluation) thus encode its instruction once; a
         server batch of rows for a few adapters encodes each adapter's instruction once. With a ``store``
-        (:mod:`tagi.backbones.prefix_store`; ``group_keys[g]`` names the adapter of group ``g``), prefixes
-        computed by earlier calls are reused and new ones kept. Returns the cache and the mask ``[N, P]``.
+        (:mod:`tagi.backbones.prefix_store`; ``group_keys[g]`` names the adapter of group ``g``; only for
+        models whose cache is :func:`~tagi.backbones.prefix_store.storable`), prefixes computed by earlier
+        calls are reused and new ones kept. Returns the cache and the mask ``[N, P]``.
         """
         keys = [(tuple(p), g) for p, g in zip(prefixes, groups)]
         unique = list(dict.fromkeys(keys))
@@ -260,7 +261,7 @@ class CausalBackbone(Backbone):
         first = [keys.index(k) for k in unique]  # a row of each distinct prefix
         per_row = adapter is not None and adapter.batch_size > 1
         unique_adapter = adapter.index(first) if per_row else adapter
-        if store is not None and storable(self.model):
+        if store is not None:
             names = [group_keys[g] for _, g in unique]
             cache, pmask = unique_prefix_cache(
                 self, [list(p) for p, _ in unique], unique_adapter, store, names

@@ -10,7 +10,8 @@ then all are right-padded with zeros to one length ``P`` (the mask ``[U, P]`` hi
 
 A stored prefix computed alone is exactly the computation ``tagi predict`` makes; one computed beside other
 prefixes equals it up to float rounding (padding is masked). Models with sliding-window attention layers
-are not stored (their cache is not a plain prefix of keys).
+cannot be stored (their cache is not a plain prefix of keys): whoever creates a store checks
+:func:`storable` once (``tagi serve`` does), so the per-request path does not.
 """
 
 from __future__ import annotations

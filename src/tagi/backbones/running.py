@@ -46,11 +46,7 @@ class Events:
 def _per_row(adapter: LoraWeights | None, n: int, like: LoraWeights) -> LoraWeights:
     """``adapter`` as ``n`` rows: a shared adapter repeated, the base model as rows of zeros."""
     if adapter is None:
-        return LoraWeights(
-            {k: torch.zeros((n, *v.shape[1:]), dtype=v.dtype, device=v.device) for k, v in like.A.items()},
-            {k: torch.zeros((n, *v.shape[1:]), dtype=v.dtype, device=v.device) for k, v in like.B.items()},
-            like.scaling,
-        )
+        return like.zeros(n)
     return adapter if adapter.batch_size == n else adapter.index([0] * n)
 
 

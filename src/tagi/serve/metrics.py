@@ -1,9 +1,10 @@
 """Prometheus metrics of one server (its own registry, so several apps in one process do not collide).
 
 ``GET /metrics`` serves them in the Prometheus text format: requests by endpoint and status, request
-latency, rows and time per model call (decode step or join), queue depth, cached adapters and their bytes, adapter generation
-time, adapter requests answered from the cache, the prefix cache and generated tokens. Requests refused for their body
-size (413, before any route runs) are counted under their endpoint too.
+latency, rows and time per model call (decode step or join), queue depth, cached adapters and their
+bytes, adapter generation time, adapter requests answered from the cache, the prefix cache's hits,
+misses and size, and generated tokens. Requests refused for their body size (413, before any route runs)
+are counted under their endpoint too.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -67,19 +69,9 @@ class Metrics:
         self.adapter_bytes.set_function(nbytes)
 
     def track_prefixes(self, store) -> None:
-        """Counters and gauges of the prefix store (:class:`tagi.backbones.prefix_store.PrefixStore`)."""
-        r = self.registry
-        for name, doc, fn in (
-            (
-                "tagi_prefix_cache_hits",
-                "instruction prefixes taken from the prefix cache",
-                lambda: store.hits,
-            ),
-            ("tagi_prefix_cache_misses", "instruction prefixes computed (then kept)", lambda: store.misses),
-            ("tagi_prefix_cache_bytes", "bytes of cached prefix keys and values", lambda: store.nbytes),
-            ("tagi_prefix_cache_entries", "instruction prefixes held", lambda: len(store)),
-        ):
-            Gauge(name, doc, registry=r).set_function(fn)
+        """The prefix store's hits and misses (counters) and its size (gauges), read at scrape time from
+        :class:`tagi.backbones.prefix_store.PrefixStore`."""
+        self.registry.register(_PrefixCollector(store))
 
     def observe_batch(self, rows: int, seconds: float) -> None:
         self.batch_size.observe(rows)
@@ -91,3 +83,23 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _PrefixCollector:
+    """Prometheus view of a prefix store (its counts live in the store, so they are read, not copied)."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+
+    def collect(self):
+        st = self.store
+        yield CounterMetricFamily(
+            "tagi_prefix_cache_hits", "instruction prefixes taken from the prefix cache", st.hits
+        )
+        yield CounterMetricFamily(
+            "tagi_prefix_cache_misses", "instruction prefixes computed (then kept)", st.misses
+        )
+        yield GaugeMetricFamily(
+            "tagi_prefix_cache_bytes", "bytes of cached prefix keys and values", st.nbytes
+        )
+        yield GaugeMetricFamily("tagi_prefix_cache_entries", "instruction prefixes held", len(st))

@@ -107,11 +107,7 @@ def stack_rows(rows: Sequence[Row]) -> tuple[LoraWeights | None, list[int] | Non
     if len(present) == len(rows) and all(r.weights is present[0].weights for r in present):
         return present[0].weights, None, [present[0].adapter_key]
     like = present[0].weights
-    zero = LoraWeights(
-        {k: torch.zeros_like(v) for k, v in like.A.items()},
-        {k: torch.zeros_like(v) for k, v in like.B.items()},
-        like.scaling,
-    )
+    zero = like.zeros()
     weights = [r.weights if r.weights is not None else zero for r in rows]
     distinct: dict[int, tuple[LoraWeights, str]] = {}  # by object: the cache hands every request the same
     for r, w in zip(rows, weights, strict=True):

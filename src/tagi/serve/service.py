@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from tagi.backbones.prefix_store import PrefixStore
+from tagi.backbones.prefix_store import PrefixStore, storable
 from tagi.data import Example, format_source
 from tagi.data import Task as SniTask
 from tagi.serve.cache import AdapterCache, Entry, adapter_id, peft_zip
@@ -78,8 +78,9 @@ class Service:
         self.max_tokens = self.limits.max_tokens or max(256, self.default_tokens)
         self.cache = AdapterCache(self.limits.cache_bytes)
         self.metrics = Metrics()
-        causal = bb.family == "causal" and self.limits.prefix_cache_bytes > 0
-        self.prefixes = PrefixStore(self.limits.prefix_cache_bytes) if causal else None
+        # decoder-only models whose cache is a plain prefix of keys (checked once, not per request)
+        keep = bb.family == "causal" and self.limits.prefix_cache_bytes > 0 and storable(bb.model)
+        self.prefixes = PrefixStore(self.limits.prefix_cache_bytes) if keep else None
         self.scheduler = Scheduler(
             bb,
             self.limits.max_batch,
