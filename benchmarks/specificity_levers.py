@@ -21,12 +21,14 @@ reports:
   instructions and (instructions only, no labels) over the test instructions.
 
 Writes ``benchmarks/results/specificity_levers.json`` (config, seed, versions, load averages) and prints a
-table. Stages are resumable: a rerun reuses finished pretraining and finetuning.
+table. Stages are resumable: a rerun reuses finished pretraining and finetuning, and a lever's measurement
+while its finetuning and ``--val-instances`` are unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -36,6 +38,8 @@ from pathlib import Path
 import torch
 from benchtools import missing_sni_dir, provenance
 from sni_smollm2 import relative_paths
+
+from tagi.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "bench-sni-smollm2.yaml"
@@ -51,10 +55,19 @@ LEVERS = {
     "prompt-dropout": ["finetune.prompt_dropout=0.5"],
     "standardize+dropout": ["hyper.input_norm=standardize", "finetune.prompt_dropout=0.5"],
     "sentence-encoder": ["hyper.encoder=sentence", "finetune.use_pretrained=false"],
+    # each example's own adapter must beat another training task's by 0.2 nats per label token
+    "mismatch": ["finetune.loss.mismatch=1.0", "finetune.loss.mismatch_margin=0.2"],
     # the control: the hypernetwork reads one empty text for every task, i.e. one learned adapter
-    "no-hypernet": ["finetune.hyper_input=empty"],
+    "no-hypernet": ["finetune.hyper_input=empty", "finetune.loss.mismatch=0"],
+    # prompt dropout's control: one learned adapter; dropped examples then see no instruction at all
+    "no-hypernet+dropout": [
+        "finetune.hyper_input=empty",
+        "finetune.loss.mismatch=0",
+        "finetune.prompt_dropout=0.5",
+    ],
 }
 VAL_INSTANCES = 5
+MEASURE_FORMAT = 1  # bump when measure() changes what it reports
 
 
 def lever_config(name: str, sni_dir: str, out: Path, steps: int, config: Path = CONFIG, extra=()):
@@ -98,6 +111,19 @@ def measure(cfg, folder: Path, backbone, instances: int = VAL_INSTANCES) -> dict
     }  # fmt: skip
 
 
+def cached_measure(cfg, folder: Path, backbone, instances: int, t0: float) -> dict:
+    """:func:`measure`, kept next to the lever's checkpoint and reused while its finetuning (``DONE.json``)
+    and the number of instances are unchanged; ``stage_s`` is the time of the run that measured it."""
+    done = hashlib.sha256((folder / "DONE.json").read_bytes()).hexdigest()
+    key = {"format": MEASURE_FORMAT, "instances": instances, "done": done}
+    path = folder / f"levers-measure-{instances}.json"
+    if path.is_file() and (saved := json.loads(path.read_text()))["key"] == key:
+        return saved["row"]
+    row = measure(cfg, folder, backbone, instances) | {"stage_s": time.perf_counter() - t0}
+    write_json(path, {"key": key, "row": row})
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sni-dir", default=str(ROOT.parent / "shared" / "data" / "sni"))
@@ -130,9 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.finetune.use_pretrained:
             run_pretrain(cfg, backbone)
         run_finetune(cfg, backbone, out_dir=folder)
-        rows[name] = measure(cfg, folder, backbone, args.val_instances) | {
-            "stage_s": time.perf_counter() - t0
-        }
+        rows[name] = cached_measure(cfg, folder, backbone, args.val_instances, t0)
         configs[name] = to_dict(cfg)
         r = rows[name]
         print(f"{name:22s} rougeL {r['rougeL']:5.1f}  swap delta {r['swap_delta']:+5.1f}  alone {r['alone']:5.1f}  "

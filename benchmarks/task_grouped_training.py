@@ -47,7 +47,7 @@ def run_step(obj: DistillObjective, samples, share: bool) -> tuple[float, int, t
     t0 = time.perf_counter()
     data = obj.prepare(samples).data
     batch = data["batch"]
-    logits, labels, _ = student_forward(obj.model, batch, data["instructions"], obj.cache)
+    logits, labels, _, _ = student_forward(obj.model, batch, data["instructions"], obj.cache)
     (ce_sum(logits, labels) / max(int(labels.numel()), 1)).backward()
     seconds = time.perf_counter() - t0
     obj.model.zero_grad(set_to_none=True)

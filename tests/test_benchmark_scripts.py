@@ -127,11 +127,10 @@ def test_specificity_levers_smoke_run(tmp_path):
     sys.path.insert(0, str(SCRIPT.parent))
     spec.loader.exec_module(levers)
     out = tmp_path / "levers.json"
-    argv = ["--config", str(SCRIPT.parents[1] / "configs" / "tiny.yaml"), "--steps", "4", "--out",
-            str(tmp_path / "run"), "--results", str(out), "--levers", "base", "standardize", "no-hypernet",
-            "--val-instances", "2", "--set",
-            "data.validation_tasks=3", "data.max_train_tasks=8", "pretrain.train.max_steps=2"]  # fmt: skip
-    assert levers.main(argv) == 0
+    common = ["--config", str(SCRIPT.parents[1] / "configs" / "tiny.yaml"), "--steps", "4", "--out",
+              str(tmp_path / "run"), "--results", str(out), "--val-instances", "2", "--set",
+              "data.validation_tasks=3", "data.max_train_tasks=8", "pretrain.train.max_steps=2"]  # fmt: skip
+    assert levers.main([*common, "--levers", "base", "standardize", "no-hypernet"]) == 0
     rows = json.loads(out.read_text())["levers"]
     assert set(rows) == {"base", "standardize", "no-hypernet"}
     for r in rows.values():
@@ -142,3 +141,11 @@ def test_specificity_levers_smoke_run(tmp_path):
     assert share["standardize"] > 10 * share["base"]
     assert rows["no-hypernet"]["swap_delta"] == 0 and abs(share["no-hypernet"]) < 1e-6
     assert json.loads(out.read_text())["validation_instances"] == 2
+    # a rerun reuses each lever's measurement (kept next to its checkpoint) and reports the same rows
+    kept = sorted((tmp_path / "run").glob("*/finetune-*/levers-measure-2.json"))
+    assert len(kept) == 3
+    stamps = [k.stat().st_mtime_ns for k in kept]
+    assert levers.main([*common, "--levers", "base", "no-hypernet"]) == 0
+    again = json.loads(out.read_text())["levers"]
+    assert again == {n: rows[n] for n in ("base", "no-hypernet")}
+    assert [k.stat().st_mtime_ns for k in kept] == stamps

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tagi.lora import AdapterError, LoraWeights
-from tagi.losses import align_loss, ce_sum, kl_sum, kl_topk_sum, teacher_topk
+from tagi.losses import align_loss, ce_sum, kl_sum, kl_topk_sum, mismatch_sum, teacher_topk
 from tagi_testing import EPS32, assert_close64, float64_copy, random_adapter
 
 
@@ -17,6 +17,26 @@ def test_ce_sum_hand_computed():
     labels = torch.tensor([1, 0])
     # p(1)=3/4 for row 0, p(0)=1/2 for row 1; ce_sum computes in float32: a few ulps of the value
     assert ce_sum(logits, labels).item() == pytest.approx(-math.log(0.75) - math.log(0.5), rel=8 * EPS32)
+
+
+def test_mismatch_hinge_hand_computed():
+    """Two examples (2 and 1 label tokens), two-way vocabulary: the hinge on per-token means, times n_e."""
+    labels = torch.tensor([0, 0, 1])
+    rows = torch.tensor([0, 0, 1])
+    own = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    other = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, math.log(3.0)]], dtype=torch.float64)
+    # example 0: own CE -log(3/4) - log(1/2), other 2 log 2: own beats other by log(3/2) in total;
+    # example 1: own CE log 2, other -log(3/4): other beats own by log(3/2)
+    m = 0.1
+    expect = max(0.0, 2 * m - math.log(1.5)) + max(0.0, m + math.log(1.5))
+    # computed in float32 (the logits are cast, as for every term): a few ulps of the value
+    assert mismatch_sum(own, other, labels, rows, m).item() == pytest.approx(expect, rel=8 * EPS32)
+    assert mismatch_sum(own, own, labels, rows, 0.0).item() == 0.0  # own == other, no margin: 0
+    assert mismatch_sum(own, own, labels, rows, m).item() == pytest.approx(3 * m, rel=8 * EPS32)  # n_e * m
+    # the gradient lowers the own CE and raises the other's where the hinge is active
+    own.requires_grad_(True), other.requires_grad_(True)
+    mismatch_sum(own, other, labels, rows, 1.0).backward()
+    assert own.grad[0, 0] < 0 and other.grad[0, 0] > 0  # label 0 of example 0: raise own, lower other
 
 
 def test_kl_of_identical_is_zero_and_hand_computed_case():

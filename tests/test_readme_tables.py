@@ -180,7 +180,7 @@ LONGER_ROWS = {
 
 def longer_paired_rows(srcs: list[dict]) -> dict:
     methods = ("copy-demo", "multitask-lora", "tagi-no-hypernet")
-    return {f"TAGI − {m}": [None, paired(srcs[0], m, "Def")] for m in methods}
+    return {f"TAGI − {m}": [None, *(paired(srcs[0], m, s) for s in ("Def", "Def+2Pos"))] for m in methods}
 
 
 def specific_paired_rows(srcs: list[dict]) -> dict:
@@ -201,7 +201,7 @@ TABLES |= {
     "paired over the 83 tasks": Table((SPECIFIC,), specific_paired_rows),
     "generated adapters (83 test instructions, Def)": Table((SPECIFIC,), specificity_rows),
     "method (Rouge-L / EM, 83 unseen tasks, 384 finetuning steps)": Table(
-        (LONGER,), _methods_table(LONGER_ROWS, ("Def",))
+        (LONGER,), _methods_table(LONGER_ROWS, ("Def", "Def+2Pos"))
     ),
     "paired over the 83 tasks, 384 steps": Table((LONGER,), longer_paired_rows),
 }
@@ -215,6 +215,9 @@ TABLES |= {
     ),
     "lever (CE only, 384 steps, task_group 4, 8 tasks × 20 instances)": Table(
         ("benchmarks/results/specificity_levers_384steps.json",), lever_rows
+    ),
+    "lever (CE only, 128 steps, task_group 4, 8 tasks × 20 instances)": Table(
+        ("benchmarks/results/specificity_levers_val20.json",), lever_rows
     ),
 }
 UNCHECKED = {"module"}  # tables without results (the design table)

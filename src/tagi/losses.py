@@ -1,4 +1,5 @@
-"""The finetuning objective (SPEC §2): ``L = w_ce * CE + w_kl * tau^2 * KL + w_align * L_align``.
+"""The finetuning objective (SPEC §2): ``L = w_ce * CE + w_kl * tau^2 * KL + w_align * L_align``, plus an
+optional specificity term ``w_mismatch * L_mismatch``.
 
 All token-level terms take *flat* label-position tensors, as returned by ``Backbone.forward``:
 ``logits [M, V]`` and ``labels [M]`` for the ``M`` label tokens of a batch (padding and prompt positions
@@ -16,6 +17,10 @@ caller divides by the number of label tokens of the whole (accumulated) batch �
   ``delta``: ``||dW_g - dW_t||_F^2 / (out * in)`` with ``dW = s B A``, invariant to the factors' gauge
   (``A, B -> R A, B R^-1``) and defined for any two ranks, computed through ``r x r`` Gram matrices
   without forming ``dW``.
+- ``mismatch_sum``: a hinge that asks each example's own adapter to fit it better than another task's
+  adapter does, by a margin ``m`` in nats per label token. With ``n_e`` label tokens and summed CEs
+  ``own_e`` / ``other_e`` of example ``e``: ``sum_e relu(n_e * m + own_e - other_e)``, i.e. ``n_e`` times
+  the hinge on the per-token means (0 once ``other_e / n_e >= own_e / n_e + m``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,20 @@ from tagi.lora import AdapterError, LoraWeights
 def ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy over label tokens: ``logits [M, V]``, ``labels [M]`` -> scalar."""
     return F.cross_entropy(logits.float(), labels, reduction="sum")
+
+
+def mismatch_sum(
+    own: torch.Tensor, other: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, margin: float
+) -> torch.Tensor:
+    """``sum_e relu(n_e * margin + own_e - other_e)`` for ``own`` / ``other`` logits ``[M, V]`` at the same
+    label positions (``labels [M]``), ``rows [M]`` naming each position's example."""
+    tok = F.cross_entropy(own.float(), labels, reduction="none") - F.cross_entropy(
+        other.float(), labels, reduction="none"
+    )  # [M]: own - other per label token
+    n = int(rows.max()) + 1 if rows.numel() else 0
+    gap = tok.new_zeros(n).index_add(0, rows, tok)  # [N]: own_e - other_e
+    count = tok.new_zeros(n).index_add(0, rows, torch.ones_like(tok))  # [N]: n_e
+    return torch.relu(count * margin + gap).sum()
 
 
 def kl_sum(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.Tensor:

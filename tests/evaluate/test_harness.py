@@ -168,6 +168,35 @@ def test_rerun_reuses_finished_methods(llama_run, tmp_path: Path, monkeypatch) -
     )  # as computed
 
 
+def test_a_new_prompt_setting_decodes_only_that_setting(llama_run, tmp_path: Path, monkeypatch) -> None:
+    """A method evaluated at Def, then asked for Def and Def+2Pos, decodes Def+2Pos only and keeps its Def."""
+    import tagi.evaluate.parts as parts
+
+    src, backbone, _ = llama_run
+    out = copy_run(src, tmp_path / "run")
+    over = ["evaluate.methods=[tagi]", "evaluate.efficiency=false"]
+    first = json.loads(
+        (
+            run_evaluation(tiny_config(out, [*over, "evaluate.prompt_settings=[0]"]), backbone)
+            / "results.json"
+        ).read_text()
+    )
+    decoded, real = [], parts.task_jobs
+    monkeypatch.setattr(
+        parts, "task_jobs", lambda prep, tasks, k, *a: decoded.append(k) or real(prep, tasks, k, *a)
+    )
+    cfg = tiny_config(out, [*over, "evaluate.prompt_settings=[0,2]"])
+    second = json.loads((run_evaluation(cfg, backbone) / "results.json").read_text())
+    assert decoded == [2]
+    scores = second["methods"]["tagi"]["scores"]
+    assert scores["Def"] == first["methods"]["tagi"]["scores"]["Def"] and "Def+2Pos" in scores
+    assert second["evaluation_timing"]["cached"] == []  # something was decoded
+    decoded.clear()
+    third = json.loads((run_evaluation(cfg, backbone) / "results.json").read_text())
+    assert decoded == [] and third["methods"]["tagi"]["scores"] == scores
+    assert third["evaluation_timing"]["evaluate_s"] == second["evaluation_timing"]["evaluate_s"]
+
+
 def test_a_second_method_list_keeps_its_own_report(llama_run, tmp_path: Path) -> None:
     src, backbone, _ = llama_run
     out = copy_run(src, tmp_path / "run")

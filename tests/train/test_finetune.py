@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from train_helpers import tiny_config
 
 from tagi.errors import TagiError
-from tagi.losses import kl_sum
+from tagi.losses import kl_sum, mismatch_sum
 from tagi.model import InstructionCache, TagiModel
 from tagi.train.batching import Sample, StepSampler
 from tagi.train.common import training_tasks
@@ -226,7 +226,7 @@ def test_hyper_input_empty_gives_one_adapter_and_keeps_the_fused_instruction(bac
     instructions = [e.instruction for e in exs]
     batch = bb.collate(exs, "fuse")
     with torch.no_grad():
-        logits, labels, weights = student_forward(model, batch, instructions, InstructionCache(), "empty")
+        logits, labels, _, weights = student_forward(model, batch, instructions, InstructionCache(), "empty")
         name = weights.names[0]
         assert torch.equal(weights.A[name][0], weights.A[name][2]) and torch.equal(
             weights.B[name][0], weights.B[name][1]
@@ -236,7 +236,7 @@ def test_hyper_input_empty_gives_one_adapter_and_keeps_the_fused_instruction(bac
         ref, ref_labels, _ = bb.forward(ref_batch, model.adapters([""]))
         assert_close64(logits, ref)
         assert torch.equal(labels, ref_labels)
-        normal, _, own = student_forward(model, bb.collate(exs, "fuse"), instructions, InstructionCache())
+        normal, _, _, own = student_forward(model, bb.collate(exs, "fuse"), instructions, InstructionCache())
         # the usual path reads each task's instruction: other logits, by far more than rounding
         assert (normal - logits).abs().max() > 1e-3 * ref.abs().max()
         assert not torch.equal(own.B[name][0], own.B[name][1])
@@ -312,7 +312,7 @@ def test_prompt_dropout_student_reads_the_instruction_only_through_its_adapter(t
     hyper = batch.data["hyper_instructions"]
     assert batch.data["instructions"] == [""] and hyper[0].startswith("Definition:")
     with torch.no_grad():
-        logits, labels, _ = student_forward(
+        logits, labels, _, _ = student_forward(
             obj.model, batch.data["batch"], [""], obj.cache, "instruction", hyper
         )
         ref_batch = obj.bb.collate([obj.data.student(s)], "fuse")
@@ -339,3 +339,55 @@ def test_standardized_input_and_prompt_dropout_train(tmp_path, teachers_dir, fam
     model = TagiModel.load(out / "final", get_backbone(cfg))
     assert float(model.hypernet.input_std.min()) > 0 and float(model.hypernet.input_mean.abs().max()) > 0
     torch.testing.assert_close(model.hypernet.input_mean, _weights(out)["input_mean"], rtol=0, atol=0)
+
+
+def test_mismatch_draws_another_task_per_chunk_with_the_same_positives(tmp_path):
+    cfg = tiny_config(tmp_path / "run")
+    tasks, _ = training_tasks(cfg)
+    data = FinetuneData(tasks, [0, 2], teacher_num_pos=2, seed=0)
+    samples = [Sample(i, e, c) for e in range(3) for c, i in enumerate(range(len(data)))]
+    others = [data.other_instruction(s) for s in samples]
+    assert others == [data.other_instruction(s) for s in samples]  # seeded
+    for s, other in zip(samples, others, strict=True):
+        assert other != data.hyper_instruction(s)  # never the task itself
+        assert other.count("Positive Example") == data.hyper_instruction(s).count("Positive Example")
+    assert len(set(others)) > 1
+    with pytest.raises(TagiError, match="two training tasks"):
+        FinetuneData(tasks[:1], [0], teacher_num_pos=2, seed=0).other_instruction(Sample(0, 0))
+
+
+def test_mismatch_term_is_the_hinge_between_the_own_and_another_tasks_adapter(tmp_path, teachers_dir):
+    cfg = tiny_config(tmp_path / "run", "finetune.loss.mismatch=0.5", "finetune.loss.mismatch_margin=0.3")
+    obj = _objective(cfg, teachers_dir, topk=False)
+    samples = [Sample(i, 0) for i in range(3)]
+    batch = obj.prepare(samples)
+    with torch.no_grad():
+        terms = obj.terms(batch)
+        students = [obj.data.student(s) for s in samples]
+        ref_batch = obj.bb.collate(students, "fuse")
+        own, labels, rows = obj.bb.forward(ref_batch, obj.model.adapters([e.instruction for e in students]))
+        others = [obj.data.other_instruction(s) for s in samples]
+        other, _, _ = obj.bb.forward(ref_batch, obj.model.adapters(others))
+    assert terms["mismatch"].weight == 0.5 and terms["mismatch"].per == "token"
+    assert torch.equal(terms["mismatch"].value, mismatch_sum(own, other, labels, rows, 0.3))  # same batches
+    assert float(terms["mismatch"].value) > 0  # an untrained hypernetwork: adapters barely differ
+
+
+def test_mismatch_finetuning_trains_and_logs_the_term(tmp_path):
+    cfg = tiny_config(
+        tmp_path / "run",
+        "finetune.loss.kl=0",
+        "finetune.loss.align=0",
+        "finetune.loss.mismatch=1.0",
+        "finetune.use_pretrained=false",
+        "finetune.train.max_steps=16",
+    )
+    out = run_finetune(cfg)
+    done = json.loads((out / "DONE.json").read_text())
+    assert done["losses"]["last"]["ce"] < done["losses"]["first"]["ce"]
+    assert "mismatch" in done["losses"]["last"]
+
+
+def test_mismatch_refuses_one_learned_adapter(tmp_path):
+    with pytest.raises(TagiError, match="mismatch needs finetune.hyper_input=instruction"):
+        tiny_config(tmp_path / "run", "finetune.loss.mismatch=1", "finetune.hyper_input=empty")

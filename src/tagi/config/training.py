@@ -52,7 +52,8 @@ class TrainConfig:
 
 @dataclass
 class LossConfig:
-    """Weights of the finetuning objective L = w_ce*CE + w_kl*tau^2*KL + w_align*L_align (0 = off)."""
+    """Weights of the finetuning objective L = w_ce*CE + w_kl*tau^2*KL + w_align*L_align
+    + w_mismatch*L_mismatch (0 = off)."""
 
     ce: float = field_(1.0, "Weight of the student's cross-entropy on the labels.")
     kl: float = field_(1.0, "Weight of KL(teacher^tau || student^tau) over label tokens.")
@@ -64,9 +65,17 @@ class LossConfig:
         "'factors': MSE on A and on B (the paper's choice; requires equal ranks).",
     )
     kl_topk: int = field_(0, "Keep only the teacher's top-k tokens per position (0 = full vocabulary).")
+    mismatch: float = field_(
+        0.0,
+        "Weight of the specificity hinge: each example's own generated adapter must fit it better than the "
+        "adapter of another training task (seeded draw, the prompt unchanged) by mismatch_margin nats per "
+        "label token. Costs a second forward and backward pass per micro-batch.",
+    )
+    mismatch_margin: float = field_(0.2, "Margin of the mismatch hinge, in nats per label token.")
 
     def __post_init__(self) -> None:
-        for k in ("ce", "kl", "align"):
+        check(self.mismatch_margin >= 0, f"loss.mismatch_margin must be >= 0, got {self.mismatch_margin}")
+        for k in ("ce", "kl", "align", "mismatch"):
             check(getattr(self, k) >= 0, f"loss.{k} must be >= 0, got {getattr(self, k)}")
         check(self.ce + self.kl + self.align > 0, "at least one loss weight must be > 0")
         check(self.temperature > 0, f"loss.temperature must be > 0, got {self.temperature}")
@@ -167,6 +176,10 @@ class FinetuneConfig:
         check(
             self.train.batch_size % self.task_group == 0,
             f"finetune.task_group={self.task_group} must divide finetune.train.batch_size={self.train.batch_size}",
+        )
+        check(
+            self.loss.mismatch == 0 or self.hyper_input == "instruction",
+            "finetune.loss.mismatch needs finetune.hyper_input=instruction (one learned adapter has no other)",
         )
         check(bool(self.student_num_pos), "finetune.student_num_pos must not be empty")
         check(

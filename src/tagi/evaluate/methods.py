@@ -74,8 +74,9 @@ class MethodSpec:
 
 
 _CE_ONLY = ("finetune.loss.kl=0", "finetune.loss.align=0")
-NO_HYPERNET_FLAG = "finetune.hyper_input=empty"
-"""Finetuning switch the "without hypernetwork" ablation needs (the hypernetwork reads one empty text)."""
+NO_HYPERNET = ("finetune.hyper_input=empty", "finetune.loss.mismatch=0")
+"""Finetuning switches of the "without hypernetwork" ablation: the hypernetwork reads one empty text, and
+the mismatch term is off (one learned adapter has no other task's adapter to be compared with)."""
 
 _SPECS = (
     MethodSpec(
@@ -158,7 +159,7 @@ _SPECS = (
         "hypernet",
         None,
         hyper_input="empty",
-        train_overrides=(NO_HYPERNET_FLAG,),
+        train_overrides=NO_HYPERNET,
     ),
     MethodSpec(
         "tagi-other-instruction", "TAGI given another test task's instruction", "hypernet", None, "other"

@@ -56,26 +56,36 @@ def evaluate_method(
 ) -> tuple[dict, float, bool]:
     """``({setting: {"records", "timing", "rank"}}, seconds, cached)`` for one method.
 
-    A part cached by an earlier run with the same fingerprint is reused (``cached=True``; ``seconds`` is
-    then the wall time recorded when it was computed). ``budget`` maps a task to its decoding budget
-    (:func:`~tagi.evaluate.decoding.new_token_budget`; missing = ``model.max_target_tokens``).
+    A part cached by an earlier run with the same fingerprint is reused setting by setting: only the prompt
+    settings it lacks are decoded, and added to it. ``cached`` is True when nothing was decoded; ``seconds``
+    is the decoding time of the requested settings, as recorded when each was computed (a part written
+    before per-setting times were kept gives its total for the settings it held). ``budget`` maps a task to
+    its decoding budget (:func:`~tagi.evaluate.decoding.new_token_budget`; missing =
+    ``model.max_target_tokens``).
     """
     budget = budget or {}
     path = parts / f"{prep.spec.name.replace('/', '_').replace(':', '_')}.json"
     fp = fingerprint(prep, cfg, tasks)
-    settings = [setting_name(k) for k in cfg.evaluate.prompt_settings]
+    kept, kept_s, total = {}, {}, 0.0
     if path.is_file():
         cached = json.loads(path.read_text())
-        if cached.get("fingerprint") == fp and all(s in cached["settings"] for s in settings):
-            if bar is not None:
-                bar.update(len(tasks) * len(settings))
-            return {s: cached["settings"][s] for s in settings}, float(cached.get("seconds", 0.0)), True
-    start, out = time.perf_counter(), {}
-    for k in cfg.evaluate.prompt_settings:
+        if cached.get("fingerprint") == fp:
+            kept, total = cached["settings"], float(cached.get("seconds", 0.0))
+            kept_s = cached.get("setting_seconds", {})
+    names = [setting_name(k) for k in cfg.evaluate.prompt_settings]
+    reused = [s for s in names if s in kept]
+    seconds = sum(kept_s[s] for s in reused) if all(s in kept_s for s in reused) else total
+    if bar is not None and reused:
+        bar.update(len(tasks) * len(reused))
+    todo = [k for k in cfg.evaluate.prompt_settings if setting_name(k) not in kept]
+    for k in todo:
         if bar is not None:
             bar.set_postfix_str(f"{prep.spec.name} {setting_name(k)}")
+        start = time.perf_counter()
         jobs = task_jobs(prep, tasks, k, other, budget)
-        out[setting_name(k)] = evaluate_setting(prep, cfg, backbone, jobs, bar)
-    seconds = time.perf_counter() - start
-    write_json(path, {"fingerprint": fp, "seconds": seconds, "settings": out})
-    return out, seconds, False
+        kept[setting_name(k)] = evaluate_setting(prep, cfg, backbone, jobs, bar)
+        kept_s[setting_name(k)] = time.perf_counter() - start
+        seconds, total = seconds + kept_s[setting_name(k)], total + kept_s[setting_name(k)]
+    if todo:
+        write_json(path, {"fingerprint": fp, "seconds": total, "setting_seconds": kept_s, "settings": kept})
+    return {s: kept[s] for s in names}, seconds, not todo

@@ -13,7 +13,12 @@
   adapter alone must carry the task (the model cannot read it from the prompt).
 - **Teacher**: base + the task's teacher LoRA (stage 0) with the Def+2Pos instruction in context; no
   gradient. On the fly, or from the top-k cache (:mod:`tagi.train.distill`).
-- CE and KL are sums over label tokens divided by the label tokens of the optimiser step; ``L_align``
+- **Mismatch** (``loss.mismatch > 0``): the same student batch runs a second time with the adapter the
+  hypernetwork generates from *another* training task's instruction (seeded draw per example, or per chunk
+  with ``task_group > 1``, with the same number of positive examples; the prompt is unchanged), and
+  :func:`tagi.losses.mismatch_sum` asks the own adapter to beat it by ``loss.mismatch_margin`` nats per
+  label token: the generated adapter must carry what tells this task from the others.
+- CE, KL and mismatch are sums over label tokens divided by the label tokens of the optimiser step; ``L_align``
   (:func:`tagi.losses.align_loss`, ``delta`` or ``factors``) is a mean over the step's examples between
   each example's generated adapter and its teacher adapter. A weight of 0 removes the term (not computed,
   not logged).
@@ -47,7 +52,7 @@ from tagi.data.select import task_examples
 from tagi.data.sni import Task
 from tagi.errors import TagiError
 from tagi.lora import LoraWeights
-from tagi.losses import align_loss, ce_sum, kl_sum, kl_topk_sum, teacher_topk
+from tagi.losses import align_loss, ce_sum, kl_sum, kl_topk_sum, mismatch_sum, teacher_topk
 from tagi.model import InstructionCache, TagiModel
 from tagi.train import dist
 from tagi.train.batching import Sample
@@ -126,6 +131,15 @@ class FinetuneData:
         ti, _ = self.items[sample.index]
         return self._instr[(ti, self.num_pos(sample))]
 
+    def other_instruction(self, sample: Sample) -> str:
+        """Another task's instruction (seeded draw; same number of positive examples) for the mismatch term."""
+        ti, _ = self.items[sample.index]
+        if len(self.tasks) < 2:
+            raise TagiError("finetune.loss.mismatch needs at least two training tasks")
+        other = self._rng("other", sample).randrange(len(self.tasks) - 1)
+        other += other >= ti  # any task but this one
+        return format_instruction(self.tasks[other], self.num_pos(sample))
+
     def teacher(self, index: int) -> PromptExample:
         return self.example(index, self.teacher_num_pos)
 
@@ -153,8 +167,9 @@ def student_forward(
     cache: InstructionCache,
     hyper_input: str = "instruction",
     hyper_instructions: Sequence[str] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, LoraWeights]:
-    """Student logits ``[M, V]``, labels ``[M]`` and generated adapters ``[N]``.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, LoraWeights]:
+    """Student logits ``[M, V]``, labels ``[M]``, each label position's example ``[M]`` and the generated
+    adapters ``[N]``.
 
     ``instructions`` are the fused ones (the prompt's); the hypernetwork reads ``hyper_instructions``
     (default: the same). ``hyper_input="empty"``: it reads one empty text for every example (a single
@@ -165,11 +180,10 @@ def student_forward(
     if hyper_input == "empty":
         hyper = [""] * len(instructions)
     if hyper == list(instructions):
-        logits, labels, _, weights = model(batch, instructions, cache)
-        return logits, labels, weights
+        return model(batch, instructions, cache)
     weights = model.adapters(hyper, cache)
-    logits, labels, _ = model.bb.forward(batch, weights, model.fuse_states(batch, instructions, cache))
-    return logits, labels, weights
+    logits, labels, rows = model.bb.forward(batch, weights, model.fuse_states(batch, instructions, cache))
+    return logits, labels, rows, weights
 
 
 class DistillObjective:
@@ -207,10 +221,12 @@ class DistillObjective:
         students = [self.data.student(s) for s in samples]
         batch = self.bb.collate(students, self.mode, share_prefix=self.share_prefix).to(self.bb.device)
         tokens = batch_tokens(batch, self.bb.family)
+        mismatch = self.loss.mismatch > 0
         data: dict[str, Any] = {
             "batch": batch,
             "instructions": [e.instruction for e in students],
             "hyper_instructions": [self.data.hyper_instruction(s) for s in samples],
+            "other_instructions": [self.data.other_instruction(s) for s in samples] if mismatch else None,
             "tasks": [self.data.task_name(s.index) for s in samples],
         }
         if self.loss.kl > 0 and self.topk is not None:
@@ -239,10 +255,16 @@ class DistillObjective:
 
     def terms(self, batch: MicroBatch) -> dict[str, Term]:
         d = batch.data
-        logits, labels, weights = student_forward(
+        logits, labels, rows, weights = student_forward(
             self.model, d["batch"], d["instructions"], self.cache, self.hyper_input, d["hyper_instructions"]
         )
         out: dict[str, Term] = {}
+        if self.loss.mismatch > 0:  # the same batch with another task's adapter (the prompt unchanged)
+            other, _, _, _ = student_forward(
+                self.model, d["batch"], d["instructions"], self.cache, "instruction", d["other_instructions"]
+            )
+            value = mismatch_sum(logits, other, labels, rows, self.loss.mismatch_margin)
+            out["mismatch"] = Term(value, self.loss.mismatch)
         if self.loss.ce > 0:
             out["ce"] = Term(ce_sum(logits, labels), self.loss.ce)
         if self.loss.kl > 0:
@@ -302,7 +324,7 @@ def validation_ce(
         for s in range(0, len(exs), batch_size):
             chunk = exs[s : s + batch_size]
             batch = model.bb.collate(chunk, "fuse" if fusion else "none").to(model.bb.device)
-            logits, labels, _ = student_forward(
+            logits, labels, _, _ = student_forward(
                 model, batch, [e.instruction for e in chunk], cache, hyper_input
             )
             total, count = total + float(ce_sum(logits, labels)), count + labels.numel()
