@@ -12,8 +12,10 @@ their adapters, and requests that arrive meanwhile join at the next step) and **
 that merges one adapter into the weights per request must). N client threads each send ``--requests``
 completions (greedy, ``max_tokens``), client c's i-th request going to adapter ``(c + i) mod A`` with an
 input of that adapter's built-in task. It records throughput (completions/s, generated tokens/s),
-p50/p95 latency, errors (must be 0), the batched / one-at-a-time throughput ratio, and whether every
-output equals ``Tagi.predict`` for the same adapter and input. Bounded: N x requests per cell, and no new
+p50/p95 latency, errors (must be 0), the batched / one-at-a-time throughput ratio, whether every
+output equals ``Tagi.predict`` for the same adapter and input, and the worker's model calls by kind (from
+the ``tagi_batch_*`` metrics): rows per call, and the share of model time spent prefilling joining
+requests against decode steps. Bounded: N x requests per cell, and no new
 cell starts after ``--time-limit`` seconds. Writes ``benchmarks/results/serve_load.json`` with provenance.
 """
 
@@ -118,8 +120,9 @@ def measure(tagi: Tagi, mode: str, instructions: list[str], plan, max_tokens: in
             run = run_clients(srv.url, ids, plan, max_tokens)
     finally:
         service.close()
-    calls = {s.name: s.value for s in service.metrics.batch_size.collect()[0].samples}
-    count = calls.get("tagi_batch_size_count", 0.0)
+    kinds = service.metrics.model_calls()
+    count = sum(k["calls"] for k in kinds.values())
+    busy = sum(k["seconds"] for k in kinds.values())
     lat, n = sorted(run["latencies"]), len(run["latencies"])
     return {
         "mode": mode,
@@ -133,7 +136,11 @@ def measure(tagi: Tagi, mode: str, instructions: list[str], plan, max_tokens: in
         "p95_ms": round(1000 * lat[min(n - 1, int(0.95 * n))], 1) if lat else None,
         # model calls (decode steps and prefills of joining rows) and their mean rows: tagi_batch_size
         "model_calls": int(count),
-        "mean_rows_per_call": round(calls.get("tagi_batch_size_sum", 0.0) / count, 2) if count else None,
+        "mean_rows_per_call": round(sum(k["rows"] for k in kinds.values()) / count, 2) if count else None,
+        # the worker's time in model calls, and the share of it spent prefilling joining requests
+        "model_busy_s": round(busy, 3),
+        "prefill_share": round(kinds.get("prefill", {}).get("seconds", 0.0) / busy, 3) if busy else None,
+        "calls_by_kind": {k: {f: round(v, 3) for f, v in d.items()} for k, d in kinds.items()},
         "_outputs": run["outputs"],
     }
 
@@ -174,7 +181,8 @@ def print_cell(cell: dict) -> None:
     for r in cell["runs"]:
         print(f"{cell['adapters']:>8} {cell['clients']:>7} {r['mode']:>14} {r['completions_per_s']:>9.2f} "
               f"{r['tokens_per_s']:>8.1f} {r['p50_ms']:>9.0f} {r['p95_ms']:>9.0f} {r['errors']:>6} "
-              f"{str(r['outputs_equal_predict']):>6} {r['mean_rows_per_call']!s:>9}", flush=True)  # fmt: skip
+              f"{str(r['outputs_equal_predict']):>6} {r['mean_rows_per_call']!s:>9} {r['prefill_share']!s:>8}",
+              flush=True)  # fmt: skip
     print(
         f"{'':>8} {'':>7} {'ratio':>14} {cell['throughput_ratio_batched_vs_one_at_a_time']:>9}x", flush=True
     )
@@ -210,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start, t_start = os.getloadavg()[0], time.perf_counter()
     tagi = Tagi.from_checkpoint(args.checkpoint)
     print(f"{'adapters':>8} {'clients':>7} {'mode':>14} {'compl/s':>9} {'tok/s':>8} {'p50 ms':>9} {'p95 ms':>9} "
-          f"{'errors':>6} {'=pred':>6} {'rows/call':>9}")  # fmt: skip
+          f"{'errors':>6} {'=pred':>6} {'rows/call':>9} {'prefill':>8}")  # fmt: skip
     cells, skipped = [], []
     for a in args.adapters:
         for n in args.clients:

@@ -128,8 +128,8 @@ def serve_rows(srcs: list[dict]) -> dict:
         b, s = c["runs"]
         rows[f"{c['adapters']} × {c['clients']}"] = [
             None, [b["completions_per_s"]], [s["completions_per_s"]],
-            [c["throughput_ratio_batched_vs_one_at_a_time"]], [b["mean_rows_per_call"]], [b["p50_ms"], b["p95_ms"]],
-            [b["errors"] + s["errors"]], None,
+            [c["throughput_ratio_batched_vs_one_at_a_time"]], [b["mean_rows_per_call"]],
+            [b["prefill_share"], s["prefill_share"]], [b["p50_ms"], b["p95_ms"]], [b["errors"] + s["errors"]], None,
         ]  # fmt: skip
     return rows
 

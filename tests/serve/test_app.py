@@ -266,23 +266,27 @@ def test_token_required_when_set_and_cors_off_by_default(serve_ckpt, backbones, 
         assert r.headers["access-control-allow-origin"] == "http://example.com"
 
 
-def test_requests_for_one_adapter_reuse_its_instruction_prefix(server):
-    """The second request for an adapter takes the instruction prefix's cache from the prefix store (the
-    metrics say so) and answers exactly what the first did."""
+def test_an_adapters_instruction_prefix_is_computed_when_it_is_made(server):
+    """Making an adapter runs its instruction's prompt prefix once (a miss, kept in the prefix store); every
+    completion for it then takes the prefix from the store (hits, never another miss), and the same input
+    answers the same."""
     c = server.client
-    a = make(c, "Repeat the input twice")
     before = c.get("/metrics").text
+    a = make(c, "Repeat the input twice")
+    made = c.get("/metrics").text
     body = {"model": a["id"], "prompt": INPUTS[0], "max_tokens": MT}
     first = c.post("/v1/completions", json=body).json()["choices"][0]["text"]
-    middle = c.get("/metrics").text
     second = c.post("/v1/completions", json=body | {"prompt": INPUTS[1]}).json()["choices"][0]["text"]
     again = c.post("/v1/completions", json=body).json()["choices"][0]["text"]
     after = c.get("/metrics").text
-    assert (
-        sample(middle, "tagi_prefix_cache_misses_total")
-        == sample(before, "tagi_prefix_cache_misses_total") + 1
-    )
-    assert sample(after, "tagi_prefix_cache_misses_total") == sample(middle, "tagi_prefix_cache_misses_total")
-    assert sample(after, "tagi_prefix_cache_hits_total") == sample(middle, "tagi_prefix_cache_hits_total") + 2
+    misses, hits = "tagi_prefix_cache_misses_total", "tagi_prefix_cache_hits_total"
+    assert sample(made, misses) == sample(before, misses) + 1
+    assert sample(after, misses) == sample(made, misses)
+    assert sample(after, hits) == sample(made, hits) + 3
     assert again == first and isinstance(second, str)
+    # three prefills of one joining row each, as many decode steps as the outputs took, by kind
+    calls, rows = "tagi_batch_size_count", "tagi_batch_size_sum"
+    assert sample(after, calls, kind="prefill") == sample(made, calls, kind="prefill") + 3
+    assert sample(after, rows, kind="prefill") == sample(made, rows, kind="prefill") + 3
+    assert sample(after, "tagi_batch_seconds_count", kind="prefill") == sample(after, calls, kind="prefill")
     assert sample(after, "tagi_prefix_cache_entries") >= 1 and sample(after, "tagi_prefix_cache_bytes") > 0

@@ -91,7 +91,7 @@ def test_requests_for_different_adapters_decode_in_one_batch(server, adapters, p
             results[i] = complete(c, adapters[i % 4], INPUTS[i % len(INPUTS)])
 
     with worker_paused(server.service):  # the 8 requests wait in the queue together
-        scheduler.on_batch = lambda rows, seconds: (calls.append(rows), observe(rows, seconds))
+        scheduler.on_batch = lambda kind, rows, s: (calls.append((kind, rows)), observe(kind, rows, s))
         threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
         for t in threads:
             t.start()
@@ -101,8 +101,10 @@ def test_requests_for_different_adapters_decode_in_one_batch(server, adapters, p
             t.join(WAIT_S)
     finally:
         scheduler.on_batch = observe
-    assert calls[0] == 8 and max(calls) == 8  # one prefill of all 8 rows, then steps of those left
-    assert calls == sorted(calls, reverse=True)  # nothing else joined: rows only leave
+    assert calls[0] == ("prefill", 8)  # one prefill of all 8 rows, then decode steps of those left
+    steps = [rows for kind, rows in calls[1:]]
+    assert all(kind == "decode" for kind, _ in calls[1:]) and max(steps, default=8) <= 8
+    assert steps == sorted(steps, reverse=True)  # nothing else joined: rows only leave
     assert [results[i] for i in range(8)] == [
         predicted[adapters[i % 4], INPUTS[i % len(INPUTS)]] for i in range(8)
     ]

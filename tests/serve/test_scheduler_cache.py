@@ -215,7 +215,7 @@ def test_seq2seq_rows_of_different_adapters_decode_as_one_batch_as_each_alone(ba
     w = [random_adapter(bb, 1, scale=1.0, dtype=torch.float64) for _ in range(2)]
     sources = ["Input: moon.", "Input: a longer sky phrase.", "Input: x."]
     calls = []
-    scheduler = Scheduler(bb, batch_wait_s=0, on_batch=lambda rows, s: calls.append(rows))
+    scheduler = Scheduler(bb, batch_wait_s=0, on_batch=lambda kind, rows, s: calls.append((kind, rows)))
     assert not scheduler.continuous
     try:
         rows = [
@@ -229,4 +229,4 @@ def test_seq2seq_rows_of_different_adapters_decode_as_one_batch_as_each_alone(ba
         bb.generate([PromptExample("Copy the input.", s, "")], w[i % 2], "fuse", 5)[0]
         for i, s in enumerate(sources)
     ]
-    assert outs == alone and calls == [3]
+    assert outs == alone and calls == [("batch", 3)]  # one start-to-end batch

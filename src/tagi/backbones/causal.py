@@ -236,6 +236,17 @@ class CausalBackbone(Backbone):
                 return [texts[i] for i in range(len(examples))]
             events = batch.step()
 
+    @torch.no_grad()
+    def store_prefix(
+        self, instruction: str, adapter: LoraWeights | None, store: PrefixStore, key: Hashable
+    ) -> None:
+        """Run the ``fuse`` prompt prefix of ``instruction`` with ``adapter`` and keep it in ``store`` under
+        ``key`` (the name ``join`` is later given for that adapter), unless it is held already: the first
+        request for an adapter then finds its prefix computed."""
+        prefix = self.prefix_ids(instruction, "fuse")
+        if prefix:
+            unique_prefix_cache(self, [prefix], adapter, store, [key])
+
     def _prefix_cache(
         self,
         prefixes: list[list[int]],

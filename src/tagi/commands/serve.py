@@ -78,8 +78,8 @@ def serve(
         max_tokens: largest max_tokens a request may ask (default: 256, or the model's max_target_tokens if larger).
         max_body_bytes: largest request body.
         cache_mb: memory for generated adapters (least recently used are dropped, and regenerated on use).
-        prefix_cache_mb: memory for the key/value caches of adapters' instruction prefixes, reused across
-            requests (decoder-only models; 0 turns it off).
+        prefix_cache_mb: memory for the key/value caches of adapters' instruction prefixes, computed when
+            an adapter is made and reused by its requests (decoder-only models; 0 turns it off).
         timeout: seconds a request may wait for the model before a 408.
         device: torch device.
     """

@@ -1,7 +1,8 @@
 """Prometheus metrics of one server (its own registry, so several apps in one process do not collide).
 
 ``GET /metrics`` serves them in the Prometheus text format: requests by endpoint and status, request
-latency, rows and time per model call (decode step or join), queue depth, cached adapters and their
+latency, rows and time per model call by kind (prefill of joining requests, decode step, or a whole
+batch), queue depth, cached adapters and their
 bytes, adapter generation time, adapter requests answered from the cache, the prefix cache's hits,
 misses and size, and generated tokens. Requests refused for their body size (413, before any route runs)
 are counted under their endpoint too.
@@ -36,13 +37,16 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "tagi_batch_size",
-            "rows in one model call: a decode step, or requests joining the running batch (T5: a whole batch)",
+            "rows in one model call, by kind: prefill (requests joining the running batch), decode (one step "
+            "of it), batch (a whole batch decoded start to end: T5, seeded requests)",
+            ["kind"],
             buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.batch_seconds = Histogram(
             "tagi_batch_seconds",
-            "time of one model call (see tagi_batch_size)",
+            "time of one model call, by kind (see tagi_batch_size)",
+            ["kind"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -73,9 +77,21 @@ class Metrics:
         :class:`tagi.backbones.prefix_store.PrefixStore`."""
         self.registry.register(_PrefixCollector(store))
 
-    def observe_batch(self, rows: int, seconds: float) -> None:
-        self.batch_size.observe(rows)
-        self.batch_seconds.observe(seconds)
+    def observe_batch(self, kind: str, rows: int, seconds: float) -> None:
+        self.batch_size.labels(kind).observe(rows)
+        self.batch_seconds.labels(kind).observe(seconds)
+
+    def model_calls(self) -> dict[str, dict[str, float]]:
+        """``{kind: {"calls", "rows", "seconds"}}`` of the model calls so far (what the histograms count)."""
+        out: dict[str, dict[str, float]] = {}
+        for metric, field in ((self.batch_size, "rows"), (self.batch_seconds, "seconds")):
+            for sample in metric.collect()[0].samples:
+                kind = out.setdefault(sample.labels["kind"], {"calls": 0.0, "rows": 0.0, "seconds": 0.0})
+                if sample.name.endswith("_count"):
+                    kind["calls"] = sample.value
+                elif sample.name.endswith("_sum"):
+                    kind[field] = sample.value
+        return out
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()

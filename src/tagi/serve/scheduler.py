@@ -160,14 +160,16 @@ class Scheduler:
         max_batch: int = 16,
         max_queue: int = 256,
         batch_wait_s: float = 0.005,
-        on_batch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[str, int, float], None] | None = None,
         prefix_store: PrefixStore | None = None,
     ) -> None:
         self.backbone = backbone
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_s
-        self.on_batch = on_batch  # (rows in one model call, seconds it took)
+        # (kind, rows in one model call, seconds it took); kind: "prefill" (rows joining the running batch),
+        # "decode" (one step of it) or "batch" (a start-to-end batch: T5, seeded rows)
+        self.on_batch = on_batch
         self.prefix_store = prefix_store  # instruction prefixes' caches kept across requests (decoder-only)
         # decoder-only backbones decode continuously: waiting rows join the running batch between steps
         self.continuous = callable(getattr(backbone, "running_batch", None))
@@ -289,8 +291,7 @@ class Scheduler:
             log.exception("prefilling %d rows failed", len(rows))
             running.fail(e)
             return None
-        if self.on_batch is not None:
-            self.on_batch(len(rows), time.perf_counter() - t0)
+        self._observe("prefill", len(rows), t0)
         running.deliver(events)
         return running if len(running.batch) else None
 
@@ -303,10 +304,18 @@ class Scheduler:
             log.exception("a decode step of %d rows failed", size)
             running.fail(e)
             return None
-        if self.on_batch is not None:
-            self.on_batch(size, time.perf_counter() - t0)
+        self._observe("decode", size, t0)
         running.deliver(events)
         return running if len(running.batch) else None
+
+    def _observe(self, kind: str, rows: int, t0: float) -> None:
+        """Report a model call to ``on_batch``; an observer that fails is logged, never stops the worker."""
+        if self.on_batch is None:
+            return
+        try:
+            self.on_batch(kind, rows, time.perf_counter() - t0)
+        except Exception:  # noqa: BLE001 - metrics must not take the server down
+            log.exception("the model-call observer failed")
 
     @staticmethod
     def _settle(future: Future, fn: Callable[[], Any]) -> None:
@@ -344,7 +353,6 @@ class Scheduler:
             for r in rows:
                 r.future.set_exception(e)
             return
-        if self.on_batch is not None:
-            self.on_batch(len(rows), time.perf_counter() - t0)
+        self._observe("batch", len(rows), t0)
         for r, out in zip(rows, outs, strict=True):
             r.future.set_result(out)

@@ -1,7 +1,8 @@
 """The serving core without HTTP: one loaded :class:`~tagi.Tagi`, its adapter cache, scheduler and limits.
 
-:class:`Service` turns API-level requests into model work: ``make_adapter`` (hypernetwork, on the
-scheduler's worker), ``lookup`` (an id -> cached adapter, regenerated if it was evicted) and ``complete``
+:class:`Service` turns API-level requests into model work: ``make_adapter`` (hypernetwork, then, for a
+decoder-only model with a prefix store, the adapter's instruction prefix, both on the scheduler's worker),
+``lookup`` (an id -> cached adapter, regenerated if it was evicted) and ``complete``
 (inputs -> :class:`~tagi.serve.scheduler.Row` s -> outputs, awaited with the request timeout). Every limit
 is checked here and reported as :class:`ApiError` (status, message, type), which the app turns into a JSON
 error body. The model is only ever used on the scheduler's worker thread.
@@ -145,6 +146,9 @@ class Service:
             adapter = self.tagi.generate_adapter(instruction)
         seconds = time.perf_counter() - t0
         key = adapter_id(self.tagi.checkpoint_sha256, adapter.instruction, adapter.fuse)
+        if self.prefixes is not None and adapter.mode == "fuse":  # its completions will reuse the prefix
+            bb = self.tagi.backbone
+            bb.store_prefix(adapter.instruction, adapter.weights.to(bb.device), self.prefixes, key)
         entry = Entry(key, adapter, instruction, seconds, int(time.time()))
         self.cache.put(entry, {"instruction": instruction, "pos_examples": pos_examples})
         self.metrics.adapter_seconds.observe(seconds)
