@@ -320,21 +320,26 @@ def test_prompt_dropout_student_reads_the_instruction_only_through_its_adapter(t
     assert torch.equal(labels, ref_labels) and torch.equal(logits, ref)
 
 
-@pytest.mark.parametrize("family", ["tiny-llama", "tiny-t5"])
-def test_standardized_input_and_prompt_dropout_train(tmp_path, teachers_dir, family):
-    """Both levers end to end: the fitted statistics are saved and reloaded, and the loss goes down."""
+def _ce_only_finetune(tmp_path: Path, steps: int, *overrides: str):
+    """``(cfg, out, DONE.json)`` of a finetuning without teachers (no KL, no alignment, no pretraining)."""
     cfg = tiny_config(
         tmp_path / "run",
-        f"model.name={family}",
-        "hyper.input_norm=standardize",
-        "finetune.prompt_dropout=0.5",
         "finetune.use_pretrained=false",
         "finetune.loss.kl=0",
         "finetune.loss.align=0",
-        "finetune.train.max_steps=24",
+        f"finetune.train.max_steps={steps}",
+        *overrides,
     )
     out = run_finetune(cfg)
-    done = json.loads((out / "DONE.json").read_text())
+    return cfg, out, json.loads((out / "DONE.json").read_text())
+
+
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-t5"])
+def test_standardized_input_and_prompt_dropout_train(tmp_path, teachers_dir, family):
+    """Both levers end to end: the fitted statistics are saved and reloaded, and the loss goes down."""
+    cfg, out, done = _ce_only_finetune(
+        tmp_path, 24, f"model.name={family}", "hyper.input_norm=standardize", "finetune.prompt_dropout=0.5"
+    )
     assert done["losses"]["last"]["ce"] < done["losses"]["first"]["ce"]
     model = TagiModel.load(out / "final", get_backbone(cfg))
     assert float(model.hypernet.input_std.min()) > 0 and float(model.hypernet.input_mean.abs().max()) > 0
@@ -374,16 +379,7 @@ def test_mismatch_term_is_the_hinge_between_the_own_and_another_tasks_adapter(tm
 
 
 def test_mismatch_finetuning_trains_and_logs_the_term(tmp_path):
-    cfg = tiny_config(
-        tmp_path / "run",
-        "finetune.loss.kl=0",
-        "finetune.loss.align=0",
-        "finetune.loss.mismatch=1.0",
-        "finetune.use_pretrained=false",
-        "finetune.train.max_steps=16",
-    )
-    out = run_finetune(cfg)
-    done = json.loads((out / "DONE.json").read_text())
+    _, _, done = _ce_only_finetune(tmp_path, 16, "finetune.loss.mismatch=1.0")
     assert done["losses"]["last"]["ce"] < done["losses"]["first"]["ce"]
     assert "mismatch" in done["losses"]["last"]
 

@@ -138,7 +138,7 @@ class FinetuneData:
             raise TagiError("finetune.loss.mismatch needs at least two training tasks")
         other = self._rng("other", sample).randrange(len(self.tasks) - 1)
         other += other >= ti  # any task but this one
-        return format_instruction(self.tasks[other], self.num_pos(sample))
+        return self._instr[(other, self.num_pos(sample))]
 
     def teacher(self, index: int) -> PromptExample:
         return self.example(index, self.teacher_num_pos)
