@@ -7,12 +7,15 @@
 
 The base model and hypernetwork (SmolLM2-135M-Instruct from ``tagi demo`` by default) are loaded once. For
 every cell (A distinct adapters, N concurrent clients) the script serves the same app on a free localhost
-port twice, one after the other: **batched** (continuous batching: up to 16 rows decode together whatever
-their adapters, and requests that arrive meanwhile join at the next step) and **one at a time** (``max_batch=1``: each request decoded alone, as a server
-that merges one adapter into the weights per request must). N client threads each send ``--requests``
+port three times, one after the other: **batched** (the server's defaults: continuous batching, up to 16 rows
+decode together whatever their adapters, and requests that arrive meanwhile join the running batch in groups
+of 4, or after 4 decode steps), **join each step** (the same, but each arriving request is prefilled at
+the next step, ``join_min_rows=1``) and **one at a time** (``max_batch=1``: each request decoded alone, as a
+server that merges one adapter into the weights per request must). N client threads each send ``--requests``
 completions (greedy, ``max_tokens``), client c's i-th request going to adapter ``(c + i) mod A`` with an
 input of that adapter's built-in task. It records throughput (completions/s, generated tokens/s),
-p50/p95 latency, errors (must be 0), the batched / one-at-a-time throughput ratio, whether every
+p50/p95 latency, errors (must be 0), the batched / one-at-a-time and batched / join-each-step throughput
+ratios, whether every
 output equals ``Tagi.predict`` for the same adapter and input, and the worker's model calls by kind (from
 the ``tagi_batch_*`` metrics): rows per call, and the share of model time spent prefilling joining
 requests against decode steps. Bounded: N x requests per cell, and no new
@@ -42,7 +45,12 @@ from tagi.serve.runner import ServerThread
 from tagi.serve.service import Limits, Service
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = {"batched": 16, "one_at_a_time": 1}
+# each mode's server settings: Limits.max_batch and the scheduler's join policy (tagi.serve.scheduler)
+MODES = {
+    "batched": {"max_batch": 16},  # the defaults: arriving rows join a running batch in groups
+    "join_each_step": {"max_batch": 16, "join_min_rows": 1},  # ... each at the next decode step
+    "one_at_a_time": {"max_batch": 1},
+}
 
 
 def ints(text: str) -> list[int]:
@@ -109,11 +117,12 @@ def run_clients(url: str, ids: list[str], plan, max_tokens: int) -> dict:
 
 
 def measure(tagi: Tagi, mode: str, instructions: list[str], plan, max_tokens: int, prefix_mb: int) -> dict:
+    settings = dict(MODES[mode])
     limits = Limits(
-        max_batch=MODES[mode], max_queue=4096, max_tokens=max_tokens, timeout_s=3600,
+        max_batch=settings.pop("max_batch"), max_queue=4096, max_tokens=max_tokens, timeout_s=3600,
         prefix_cache_bytes=prefix_mb * 2**20,
     )  # fmt: skip
-    service = Service(tagi, limits)
+    service = Service(tagi, limits, **settings)
     try:
         with ServerThread(create_app(service)) as srv, httpx.Client(base_url=srv.url, timeout=600) as http:
             ids = [http.post("/v1/adapters", json={"instruction": t}).json()["id"] for t in instructions]
@@ -169,12 +178,14 @@ def run_cell(tagi: Tagi, num_adapters: int, clients: int, args) -> dict:
     for r in runs:
         outputs = r.pop("_outputs")
         r["outputs_equal_predict"] = all(outputs.get(key) == want for key, want in ref.items())
-    batched, single = runs
-    ratio = (
-        batched["completions_per_s"] / single["completions_per_s"] if single["completions_per_s"] else None
-    )
+    rate = {r["mode"]: r["completions_per_s"] for r in runs}
+
+    def ratio(other: str) -> float | None:
+        return round(rate["batched"] / rate[other], 2) if rate[other] else None
+
     return {"adapters": num_adapters, "clients": clients, "requests": clients * args.requests, "runs": runs,
-            "throughput_ratio_batched_vs_one_at_a_time": round(ratio, 2) if ratio else None}  # fmt: skip
+            "throughput_ratio_batched_vs_one_at_a_time": ratio("one_at_a_time"),
+            "throughput_ratio_batched_vs_join_each_step": ratio("join_each_step")}  # fmt: skip
 
 
 def print_cell(cell: dict) -> None:
@@ -183,9 +194,8 @@ def print_cell(cell: dict) -> None:
               f"{r['tokens_per_s']:>8.1f} {r['p50_ms']:>9.0f} {r['p95_ms']:>9.0f} {r['errors']:>6} "
               f"{str(r['outputs_equal_predict']):>6} {r['mean_rows_per_call']!s:>9} {r['prefill_share']!s:>8}",
               flush=True)  # fmt: skip
-    print(
-        f"{'':>8} {'':>7} {'ratio':>14} {cell['throughput_ratio_batched_vs_one_at_a_time']:>9}x", flush=True
-    )
+    print(f"{'':>8} {'':>7} {'ratio':>14} {cell['throughput_ratio_batched_vs_one_at_a_time']!s:>9}x vs one at a "
+          f"time, {cell['throughput_ratio_batched_vs_join_each_step']!s}x vs join each step", flush=True)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

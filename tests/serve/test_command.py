@@ -38,3 +38,21 @@ def test_missing_checkpoint_is_one_error_line(tmp_path, capsys):
     assert cli_main(["serve", "--checkpoint", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "checkpoint not found" in err[0]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--max-batch", "0", "--max-batch must be >= 1, got 0"),
+        ("--max-queue", "0", "--max-queue must be >= 1, got 0"),
+        ("--join-min-rows", "0", "--join-min-rows must be >= 1, got 0"),
+        ("--join-max-steps", "-1", "--join-max-steps must be >= 0, got -1"),
+        ("--prefix-cache-mb", "-5", "--prefix-cache-mb must be >= 0, got -5"),
+        ("--timeout", "0", "--timeout must be > 0, got 0.0"),
+    ],
+)
+def test_impossible_numbers_are_one_error_line_before_loading(tmp_path, capsys, flag, value, message):
+    # the checkpoint does not exist either: the number is refused first, before anything is looked up
+    assert cli_main(["serve", "--checkpoint", str(tmp_path / "nope"), flag, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {message}"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 from serve_testing import WAIT_S, make_checkpoint
 
@@ -134,6 +135,7 @@ class ScriptedBatch:
         self.started, self.gate = started, gate
         self.left: dict[int, tuple[int, str]] = {}
         self.joins: list[tuple[list[str], int]] = []  # (sources joining, rows already running)
+        self.join_steps: list[int] = []  # decode steps taken before each join
         self.steps = 0
 
     def __len__(self):
@@ -153,6 +155,7 @@ class ScriptedBatch:
 
     def join(self, examples, weights, mode, max_tokens, adapter_rows, tags, prefix_store=None, keys=None):
         self.joins.append(([e.source for e in examples], len(self.left)))
+        self.join_steps.append(self.steps)
         self.left.update({t: (max_tokens, e.source) for t, e in zip(tags, examples)})
         return self._emit(tags)
 
@@ -176,10 +179,10 @@ class ContinuousStub(StubBackbone):
 
 def test_a_request_arriving_mid_decode_joins_at_the_next_step_and_finishes_first():
     """Row "long" (6 tokens) is decoding when "short" (same settings, 6 tokens) and "other" (other
-    max_tokens) arrive: "short" joins the running batch at the next step; "other" waits for the batch to
-    drain (nothing joins past it), then starts a batch of its own."""
+    max_tokens) arrive: "short" joins the running batch at the next step (``join_min_rows=1``); "other" waits
+    for the batch to drain (nothing joins past it), then starts a batch of its own."""
     bb = ContinuousStub()
-    scheduler = Scheduler(bb, batch_wait_s=0)
+    scheduler = Scheduler(bb, batch_wait_s=0, join_min_rows=1)
     done = []
     try:
         (long,) = scheduler.submit_rows([Row(None, "", "long", "fuse", 6)])
@@ -230,3 +233,41 @@ def test_seq2seq_rows_of_different_adapters_decode_as_one_batch_as_each_alone(ba
         for i, s in enumerate(sources)
     ]
     assert outs == alone and calls == [("batch", 3)]  # one start-to-end batch
+
+
+@pytest.mark.parametrize(
+    ("running", "arriving", "max_batch", "joined_after_steps"),
+    [
+        (3, 3, 16, 1),  # a group of join_min_rows (3) joins at the next step
+        (3, 2, 16, 3),  # fewer wait: held back join_max_steps (2) steps, then they join
+        (3, 1, 4, 1),  # the one free row is "enough to fill the room"
+        (2, 1, 16, 1),  # fewer than join_min_rows decode: few requests in flight, nothing to wait for
+    ],
+)
+def test_rows_join_a_running_batch_in_groups(running, arriving, max_batch, joined_after_steps):
+    """Rows arriving while a batch decodes join it as one prefill: at the next step once ``join_min_rows``
+    (3) wait, they fill the room or fewer than 3 rows decode, else after ``join_max_steps`` (2) steps.
+    Counted in decode steps, so the outcome does not depend on the machine's speed."""
+    bb = ContinuousStub()
+    scheduler = Scheduler(bb, max_batch=max_batch, batch_wait_s=0, join_min_rows=3, join_max_steps=2)
+    first = [f"long{i}" for i in range(running)]
+    try:
+        # one request: its rows start the batch together
+        started = scheduler.submit_rows([Row(None, "", src, "fuse", 8) for src in first])
+        assert bb.started.wait(WAIT_S)  # the batch is decoding; its first step waits for the gate
+        sources = [f"r{i}" for i in range(arriving)]
+        futures = [scheduler.submit_rows([Row(None, "", src, "fuse", 8)])[0] for src in sources]
+        bb.gate.set()
+        assert [f.result(timeout=WAIT_S) for f in futures] == sources
+        assert [f.result(timeout=WAIT_S) for f in started] == first
+    finally:
+        scheduler.close()
+    (batch,) = bb.batches
+    assert batch.joins == [(first, 0), (sources, running)]  # one prefill for the group
+    assert batch.join_steps == [0, joined_after_steps]
+
+
+@pytest.mark.parametrize(("min_rows", "max_steps"), [(0, 4), (4, -1)])
+def test_join_settings_are_checked(min_rows, max_steps):
+    with pytest.raises(ValueError, match="join_min_rows must be >= 1 and join_max_steps >= 0"):
+        Scheduler(StubBackbone(), join_min_rows=min_rows, join_max_steps=max_steps)

@@ -42,6 +42,15 @@ def resolve_checkpoint(checkpoint: str | None) -> Path:
     )
 
 
+def check_numbers(**values: float) -> None:
+    """Counts must be >= 1 (``join_max_steps`` >= 0, ``timeout`` > 0): one line naming the option."""
+    for name, value in values.items():
+        low = 0 if name in ("join_max_steps", "cache_mb", "prefix_cache_mb") else 1
+        if name == "timeout" and not value > 0 or name != "timeout" and value < low:
+            bound = "> 0" if name == "timeout" else f">= {low}"
+            raise ServeError(f"--{name.replace('_', '-')} must be {bound}, got {value}")
+
+
 def check_bind(host: str, token: str | None) -> None:
     if not is_loopback(host) and not token:
         raise ServeError(
@@ -63,6 +72,8 @@ def serve(
     cache_mb: int = 512,
     prefix_cache_mb: int = 256,
     timeout: float = 120.0,
+    join_min_rows: int = 4,
+    join_max_steps: int = 4,
     device: str = "cpu",
 ) -> int:
     """Serve instant adapters over HTTP: a web page at /, an OpenAI-compatible API under /v1.
@@ -81,10 +92,22 @@ def serve(
         prefix_cache_mb: memory for the key/value caches of adapters' instruction prefixes, computed when
             an adapter is made and reused by its requests (decoder-only models; 0 turns it off).
         timeout: seconds a request may wait for the model before a 408.
+        join_min_rows: requests that arrive while a batch of at least this many rows decodes join it in
+            groups of this many (one prefill for the group; 1 = each joins at the next step) ...
+        join_max_steps: ... or once the oldest has waited this many decode steps.
         device: torch device.
     """
     token = token or os.environ.get("TAGI_SERVE_TOKEN") or None
     check_bind(host, token)
+    check_numbers(
+        max_batch=max_batch,
+        max_queue=max_queue,
+        cache_mb=cache_mb,
+        prefix_cache_mb=prefix_cache_mb,
+        timeout=timeout,
+        join_min_rows=join_min_rows,
+        join_max_steps=join_max_steps,
+    )
     path = resolve_checkpoint(checkpoint)
     import uvicorn
 
@@ -102,7 +125,12 @@ def serve(
         cache_bytes=cache_mb * 2**20,
         prefix_cache_bytes=prefix_cache_mb * 2**20,
     )
-    service = Service(Tagi.from_checkpoint(path, device=device), limits)
+    service = Service(
+        Tagi.from_checkpoint(path, device=device),
+        limits,
+        join_min_rows=join_min_rows,
+        join_max_steps=join_max_steps,
+    )
     app = create_app(service, token=token, cors_origins=cors_origin or ())
     print(
         f"tagi serve: http://{host}:{port}/  (checkpoint {path}, base model {service.base_name}"

@@ -12,9 +12,19 @@ decoder-only model the worker keeps one :class:`~tagi.backbones.running.RunningB
 decode steps, the rows that arrived meanwhile and decode under the same settings (:func:`batch_key`:
 ``max_tokens``, temperature, top_p), *whatever their adapter*, are prefilled and join it, up to
 ``max_batch`` rows; a finished row leaves at once and its request gets its text. A new request therefore
-starts at the next step instead of waiting for the longest row of the batch ahead of it (iteration-level
-scheduling). :func:`stack_rows` passes each distinct adapter of the joining rows once with every row's
-index, so rows of one adapter share its instruction's key/value cache. If the oldest waiting row has other
+does not wait for the longest row of the batch ahead of it (iteration-level scheduling).
+
+**Prefilling in groups.** Joining costs a prefill, and rows prefilled in one call share the cost of reading
+the model's weights. A server that prefills every arriving row at the next step spends most of its time
+on one-row prefills when clients keep sending short requests (``benchmarks/serve_load.py`` measures it).
+So rows join a running batch when at least ``join_min_rows`` of them wait (or as many as there is room
+for), when fewer than ``join_min_rows`` rows are decoding (few requests in flight, few more to wait for),
+or when the oldest has waited ``join_max_steps`` decode steps; a new batch (nothing running) takes
+every waiting row at once. ``join_min_rows=1`` joins at every step. Decode steps, not seconds, bound the
+wait, so the order of events does not depend on the machine's speed.
+
+:func:`stack_rows` passes each distinct adapter of the joining rows once with every row's index, so rows
+of one adapter share its instruction's key/value cache. If the oldest waiting row has other
 settings, nothing more joins until the batch drains, so it cannot be starved. A row's output does not
 depend on which rows share its batch (greedy; tested against ``tagi predict``). A serving stack that merges
 one adapter into the weights can only batch requests of the same adapter.
@@ -117,6 +127,16 @@ def stack_rows(rows: Sequence[Row]) -> tuple[LoraWeights | None, list[int] | Non
     return stacked, [order[id(w)] for w in weights], [k for _, k in distinct.values()]
 
 
+def join_now(waiting: int, room: int, running: int, held_steps: int, min_rows: int, max_steps: int) -> bool:
+    """Whether the ``waiting`` rows able to join a running batch of ``running`` rows (``room`` more fit) are
+    prefilled before its next decode step: when there are ``min_rows`` of them (or enough to fill the room),
+    when fewer than ``min_rows`` rows are decoding (few requests are in flight, so few more will come soon
+    to share the prefill), or when they have been held back for ``max_steps`` steps already."""
+    if waiting == 0 or room == 0:
+        return False
+    return waiting >= min(min_rows, room) or running < min_rows or held_steps >= max_steps
+
+
 class _Running:
     """The batch being decoded continuously: its batch key, and the row (and stream) behind each tag."""
 
@@ -124,6 +144,7 @@ class _Running:
         self.batch, self.key = batch, key
         self.rows: dict[int, Row] = {}
         self.streams: dict[int, TextStream] = {}
+        self.held = 0  # decode steps rows able to join have waited (see join_now)
         self._tags = itertools.count()
 
     def add(self, rows: list[Row], streams: dict[int, TextStream]) -> list[int]:
@@ -160,6 +181,8 @@ class Scheduler:
         max_batch: int = 16,
         max_queue: int = 256,
         batch_wait_s: float = 0.005,
+        join_min_rows: int = 4,
+        join_max_steps: int = 4,
         on_batch: Callable[[str, int, float], None] | None = None,
         prefix_store: PrefixStore | None = None,
     ) -> None:
@@ -167,6 +190,11 @@ class Scheduler:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_s
+        if join_min_rows < 1 or join_max_steps < 0:
+            raise ValueError(
+                f"join_min_rows must be >= 1 and join_max_steps >= 0, got {join_min_rows}, {join_max_steps}"
+            )
+        self.join_min_rows, self.join_max_steps = join_min_rows, join_max_steps
         # (kind, rows in one model call, seconds it took); kind: "prefill" (rows joining the running batch),
         # "decode" (one step of it) or "batch" (a start-to-end batch: T5, seeded rows)
         self.on_batch = on_batch
@@ -226,6 +254,12 @@ class Scheduler:
                 return self._queue.popleft()
             if running is not None:
                 room = self.max_batch - len(running.batch) if running.batch.can_join else 0
+                rows = self._take(running.key, room, joining=True, dry=True)
+                size = len(running.batch)
+                if not join_now(len(rows), room, size, running.held, self.join_min_rows, self.join_max_steps):
+                    running.held = running.held + 1 if rows else 0
+                    return []
+                running.held = 0
                 return self._take(running.key, room, joining=True)
         if self.batch_wait_s > 0:  # let requests that arrive together meet in one batch
             time.sleep(self.batch_wait_s)
@@ -233,12 +267,12 @@ class Scheduler:
             head = self._queue[0]
             return self._take(batch_key(head, self.backbone.family), self.max_batch, joining=False)
 
-    def _take(self, key: tuple, room: int, joining: bool) -> list[Row]:
+    def _take(self, key: tuple, room: int, joining: bool, dry: bool = False) -> list[Row]:
         """Up to ``room`` waiting rows of batch key ``key``, in queue order (caller holds the lock).
 
         Starting a batch (``joining=False``) gathers every waiting row of the key. Joining a running batch
         takes only the oldest waiting rows up to the first of another key: a row with other settings then
-        waits just for the running batch to drain, and no later row joins ahead of it."""
+        waits just for the running batch to drain, and no later row joins ahead of it. ``dry``: only look."""
         waiting = [j for j in self._queue if isinstance(j, Row)]
         batch = []
         for row in waiting:
@@ -248,6 +282,8 @@ class Scheduler:
                 batch.append(row)
             elif joining:
                 break
+        if dry:
+            return batch
         for r in batch:
             self._queue.remove(r)
         return batch

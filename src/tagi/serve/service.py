@@ -69,6 +69,8 @@ class Service:
     tagi: Any  # tagi.Tagi with a hypernetwork
     limits: Limits = field(default_factory=Limits)
     batch_wait_s: float = 0.005
+    join_min_rows: int = 4  # rows join a running batch in groups of this many (see tagi.serve.scheduler)
+    join_max_steps: int = 4  # ... or once the oldest has waited this many decode steps
 
     def __post_init__(self) -> None:
         if self.tagi.model is None:
@@ -87,6 +89,8 @@ class Service:
             self.limits.max_batch,
             self.limits.max_queue,
             self.batch_wait_s,
+            self.join_min_rows,
+            self.join_max_steps,
             on_batch=self.metrics.observe_batch,
             prefix_store=self.prefixes,
         )
