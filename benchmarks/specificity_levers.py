@@ -10,8 +10,9 @@ setting the validation split chose over distillation, see the README's ablations
 For each lever the hypernetwork is pretrained (shared by levers with the same ``hyper`` settings) and
 finetuned for ``--steps`` steps (a run folder per lever and step count, so runs of other lengths are kept);
 ``no-hypernet`` is the control, one learned adapter (the hypernetwork reads one empty text for every task).
-Then, on the first ``--val-instances`` instances of the 8 held-out *training* tasks (never test tasks), it
-reports:
+Then, on the first ``--val-instances`` instances of the held-out *training* tasks (never test tasks; 8
+single tasks by default, ``--set data.validation_by=category data.validation_tasks=16`` holds out whole
+categories instead), it reports:
 
 - ``rougeL``: greedy Rouge-L at Def with the task's own adapter and its instruction in the prompt;
 - ``swap_delta``: that score minus the score when the hypernetwork reads a *different* validation task's
@@ -162,8 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:22s} rougeL {r['rougeL']:5.1f}  swap delta {r['swap_delta']:+5.1f}  alone {r['alone']:5.1f}  "
               f"share val {r['val_spread']['task_specific_share']:.3f} test {r['test_spread']['task_specific_share']:.3f}",
               flush=True)  # fmt: skip
-    out = {"levers": rows, "overrides": {n: [*COMMON, *LEVERS[n]] for n in args.levers}, "steps": args.steps,
-           "validation_instances": args.val_instances, "configs": configs, "seed": 0,
+    from tagi.train.common import training_tasks
+
+    val_names = [t.name for t in training_tasks(cfg)[1]]  # the split depends on data.* only: same for all
+    out = {"levers": rows, "overrides": {n: [*COMMON, *LEVERS[n], *args.set] for n in args.levers},
+           "steps": args.steps, "validation_instances": args.val_instances, "validation_tasks": val_names,
+           "configs": configs, "seed": 0,
            **provenance("specificity_levers.py", argv if argv is not None else sys.argv[1:], torch.get_num_threads(), load_start)}  # fmt: skip
     Path(args.results).write_text(json.dumps(relative_paths(out), indent=2) + "\n")
     print(f"results: {args.results}")

@@ -221,6 +221,9 @@ TABLES |= {
     "lever (CE only, 128 steps, task_group 4, 8 tasks × 20 instances)": Table(
         ("benchmarks/results/specificity_levers_val20.json",), lever_rows
     ),
+    "lever (CE only, 128 steps, task_group 4, 16 tasks of held-out categories × 10 instances)": Table(
+        ("benchmarks/results/specificity_levers_category.json",), lever_rows
+    ),
 }
 UNCHECKED = {"module"}  # tables without results (the design table)
 

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from tagi.adapters import ADAPTER_WEIGHTS, load_adapter
 from tagi.backbones import Backbone, PromptExample
 from tagi.config import ExperimentConfig, to_dict
-from tagi.data.select import load_tasks, split_validation, task_examples
+from tagi.data.select import config_split, load_tasks, task_examples
 from tagi.data.sni import Task
 from tagi.files import file_sha256, write_json
 from tagi.lora import LoraWeights
@@ -116,7 +116,7 @@ class Pipeline:
 
     def multitask(self) -> tuple[LoraWeights, str, dict]:
         cfg = self.cfg
-        tasks, _ = split_validation(load_tasks(cfg.data, "train"), cfg.data.validation_tasks, cfg.data.seed)
+        tasks, _ = config_split(cfg.data, load_tasks(cfg.data, "train"))
         examples = [
             e for t in tasks for e in task_examples(t, cfg.teachers.num_pos, cfg.data.max_train_instances)
         ]

@@ -25,6 +25,11 @@ class DataConfig:
     max_train_tasks: int = field_(0, "Use at most this many training tasks (0 = all).")
     max_test_tasks: int = field_(0, "Evaluate at most this many test tasks (0 = all).")
     validation_tasks: int = field_(0, "Training tasks held out for model selection (never test tasks).")
+    validation_by: Literal["task", "category"] = field_(
+        "task",
+        "How validation tasks are held out: 'task' draws single tasks (their sibling tasks stay in training); "
+        "'category' holds out whole categories (as SNI's test split was built), up to validation_tasks tasks.",
+    )
     builtin_instances: int = field_(60, "Instances generated per built-in task.")
     seed: int = field_(0, "Seed of the built-in task generators and of data shuffling.")
 

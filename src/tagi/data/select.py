@@ -1,8 +1,8 @@
 """From a :class:`~tagi.config.DataConfig` to tasks and model-ready text examples.
 
 ``load_tasks(cfg, "train")`` returns the built-in suite or an SNI split (capped by the config);
-``split_validation`` carves validation tasks from the *training* tasks (model selection never looks at
-test tasks); ``task_examples`` turns a task's instances into
+``split_validation`` carves validation tasks (single tasks or whole categories) from the *training* tasks
+(model selection never looks at test tasks); ``task_examples`` turns a task's instances into
 :class:`~tagi.examples.PromptExample` s in the Tk-Instruct format with ``num_pos`` positive examples.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from tagi.config import DataConfig
 from tagi.data.builtin import builtin_tasks
 from tagi.data.prompts import format_instruction, format_source
-from tagi.data.sni import DataError, Task, load_split
+from tagi.data.sni import DataError, Task, category_groups, load_split
 from tagi.examples import PromptExample
 
 
@@ -32,14 +32,47 @@ def load_tasks(cfg: DataConfig, split: str) -> list[Task]:
     return tasks[:cap] if cap else tasks
 
 
-def split_validation(tasks: Sequence[Task], n: int, seed: int = 0) -> tuple[list[Task], list[Task]]:
-    """``(train, validation)``: ``n`` training tasks drawn at random (seeded) are held out for validation."""
+def split_validation(
+    tasks: Sequence[Task], n: int, seed: int = 0, by: str = "task"
+) -> tuple[list[Task], list[Task]]:
+    """``(train, validation)``: up to ``n`` training tasks held out for validation, drawn with ``seed``.
+
+    ``by="task"`` draws ``n`` single tasks; their sibling tasks (same source dataset, same category) stay in
+    training, so validation measures how well a model handles a near neighbour of what it trained on.
+    ``by="category"`` holds out whole :attr:`Task.category` groups, as SNI's test split was built: categories are
+    visited in a seeded order and one is held out when all its tasks still fit in ``n``, so the split has at
+    most ``n`` tasks and no category on both sides.
+    """
     if n <= 0:
         return list(tasks), []
     if n >= len(tasks):
         raise DataError(f"cannot hold out {n} validation tasks from {len(tasks)} training tasks")
-    held = set(random.Random(seed).sample([t.name for t in tasks], n))
+    if by == "task":
+        held = set(random.Random(seed).sample([t.name for t in tasks], n))
+    elif by == "category":
+        held = _held_out_categories(tasks, n, seed)
+    else:
+        raise DataError(f"validation split by must be 'task' or 'category', got {by!r}")
     return [t for t in tasks if t.name not in held], [t for t in tasks if t.name in held]
+
+
+def config_split(cfg: DataConfig, tasks: Sequence[Task]) -> tuple[list[Task], list[Task]]:
+    """:func:`split_validation` with the config's ``validation_tasks``, ``seed`` and ``validation_by``."""
+    return split_validation(tasks, cfg.validation_tasks, cfg.seed, cfg.validation_by)
+
+
+def _held_out_categories(tasks: Sequence[Task], n: int, seed: int) -> set[str]:
+    groups = category_groups(tasks)
+    order = sorted(groups)
+    random.Random(seed).shuffle(order)
+    held: set[str] = set()
+    for category in order:
+        if len(held) + len(groups[category]) <= n:
+            held.update(groups[category])
+    if not held:
+        smallest = min(len(g) for g in groups.values())
+        raise DataError(f"no category fits in {n} validation tasks (the smallest has {smallest} tasks)")
+    return held
 
 
 def task_examples(task: Task, num_pos: int, max_instances: int | None = None) -> list[PromptExample]:

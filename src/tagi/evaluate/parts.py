@@ -27,6 +27,16 @@ PARTS_FORMAT = 2  # 2: records carry prompt_tokens and max_new_tokens
 OUTPUT_SETTINGS = ("batching", "batch_size", "rank_classification", "new_tokens_from_examples")
 
 
+ADDED_DATA_DEFAULTS = {"validation_by": "task"}  # data fields added after PARTS_FORMAT 2
+
+
+def _data_key(cfg: ExperimentConfig) -> dict:
+    """``cfg.data`` without the fields added since format 2 while they hold their defaults (the settings
+    earlier parts were made with), so adding a field does not invalidate every cached part."""
+    data = to_dict(cfg.data)
+    return {k: v for k, v in data.items() if ADDED_DATA_DEFAULTS.get(k, object()) != v}
+
+
 def fingerprint(prep: Prepared, cfg: ExperimentConfig, tasks: list[Task]) -> str:
     """sha256 of what determines a method's predictions (its part is reused while this is unchanged)."""
     ev = to_dict(cfg.evaluate)
@@ -36,7 +46,7 @@ def fingerprint(prep: Prepared, cfg: ExperimentConfig, tasks: list[Task]) -> str
         "mode": prep.mode,
         "identity": prep.identity,
         "model": to_dict(cfg.model),
-        "data": to_dict(cfg.data),
+        "data": _data_key(cfg),
         "seed": cfg.seed,
         "evaluate": {k: ev[k] for k in OUTPUT_SETTINGS},
         "tasks": [[t.name, len(t.instances)] for t in tasks],

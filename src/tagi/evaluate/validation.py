@@ -22,7 +22,7 @@ import torch
 from tagi.backbones import Backbone
 from tagi.config import ExperimentConfig
 from tagi.data import format_instruction
-from tagi.data.select import load_tasks, split_validation, task_examples
+from tagi.data.select import config_split, load_tasks, task_examples
 from tagi.data.sni import Task
 from tagi.evaluate.decoding import new_token_budget
 from tagi.evaluate.metrics import score_records
@@ -43,13 +43,14 @@ def decoded_validation(
         "instances": instances,
         "num_pos": list(cfg.finetune.student_num_pos),
         "validation_tasks": cfg.data.validation_tasks,
+        **({"validation_by": cfg.data.validation_by} if cfg.data.validation_by != "task" else {}),
         "budget": cfg.evaluate.new_tokens_from_examples,
     }
     cache = Path(folder) / CACHE
     if cache.is_file() and (old := json.loads(cache.read_text())).get("key") == key:
         return old["scores"]
     model = TagiModel.load(ckpt, backbone).eval()
-    _, tasks = split_validation(load_tasks(cfg.data, "train"), cfg.data.validation_tasks, cfg.data.seed)
+    _, tasks = config_split(cfg.data, load_tasks(cfg.data, "train"))
     mode = "fuse" if cfg.finetune.fusion else "none"
     scores = {}
     for k in sorted(set(cfg.finetune.student_num_pos)):

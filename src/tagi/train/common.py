@@ -11,7 +11,7 @@ from typing import Any
 from tagi.backbones import Backbone, PromptExample
 from tagi.backbones.base import ModelBatch
 from tagi.config import ExperimentConfig, from_dict, to_dict
-from tagi.data.select import load_tasks, split_validation
+from tagi.data.select import config_split, load_tasks
 from tagi.data.sni import Task
 from tagi.errors import TagiError
 from tagi.files import package_versions, write_json
@@ -21,9 +21,10 @@ DONE = "DONE.json"
 
 
 def training_tasks(cfg: ExperimentConfig) -> tuple[list[Task], list[Task]]:
-    """``(train, validation)`` tasks: the config's training split minus ``data.validation_tasks`` held out."""
+    """``(train, validation)`` tasks: the config's training split minus the held-out validation tasks
+    (``data.validation_tasks``, ``data.validation_by``)."""
     tasks = load_tasks(cfg.data, "train")
-    return split_validation(tasks, cfg.data.validation_tasks, seed=cfg.data.seed)
+    return config_split(cfg.data, tasks)
 
 
 def example_lengths(backbone: Backbone, examples: Sequence[PromptExample], instruction: bool) -> list[int]:

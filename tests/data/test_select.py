@@ -1,0 +1,65 @@
+"""The validation split: single tasks or whole categories held out of the training tasks."""
+
+from __future__ import annotations
+
+import pytest
+
+from tagi.config import DataConfig
+from tagi.data.select import config_split, split_validation
+from tagi.data.sni import DataError, Task
+
+
+def _task(name: str, category: str) -> Task:
+    return Task(name=name, definition="d", positive_examples=(), instances=(), categories=(category,))
+
+
+# 4 categories: A has 3 tasks, B 2, C 1, D 4 (10 tasks)
+SIZES = {"A": 3, "B": 2, "C": 1, "D": 4}
+TASKS = [_task(f"{c}{i}", c) for c, n in SIZES.items() for i in range(n)]
+
+
+def _categories(tasks: list[Task]) -> set[str]:
+    return {t.category for t in tasks}
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("n", [1, 3, 5, 8])
+def test_category_split_holds_out_whole_categories(seed: int, n: int) -> None:
+    train, val = split_validation(TASKS, n, seed, by="category")
+    assert 0 < len(val) <= n
+    assert len(train) + len(val) == len(TASKS)
+    assert not _categories(train) & _categories(val)  # no category on both sides
+    for category in _categories(val):
+        assert sum(t.category == category for t in val) == SIZES[category]  # whole categories only
+    # greedy in a seeded order: every category left in training would overflow n
+    assert all(len(val) + SIZES[c] > n for c in _categories(train))
+    assert split_validation(TASKS, n, seed, by="category") == (train, val)  # deterministic
+
+
+def test_category_split_order_depends_on_the_seed() -> None:
+    held = {frozenset(t.name for t in split_validation(TASKS, 3, s, by="category")[1]) for s in range(12)}
+    # n=3 fits {A}, {B, C}, {B}, {C} ... : more than one outcome over the seeds
+    assert len(held) > 1
+
+
+def test_task_split_keeps_its_draw() -> None:
+    # the default draw is unchanged by the new option: n single tasks, seeded
+    train, val = split_validation(TASKS, 4, 7)
+    assert (train, val) == split_validation(TASKS, 4, 7, by="task")
+    assert len(val) == 4 and len(train) == 6
+
+
+def test_config_split_reads_the_data_section() -> None:
+    cfg = DataConfig(validation_tasks=2, seed=3, validation_by="category")
+    assert config_split(cfg, TASKS) == split_validation(TASKS, 2, 3, by="category")
+    assert config_split(DataConfig(), TASKS) == (TASKS, [])
+
+
+def test_split_errors() -> None:
+    with pytest.raises(DataError, match="cannot hold out 10 validation tasks"):
+        split_validation(TASKS, 10, 0, by="category")
+    only_big = [_task(f"D{i}", "D") for i in range(4)] + [_task(f"E{i}", "E") for i in range(3)]
+    with pytest.raises(DataError, match=r"no category fits in 2 validation tasks \(the smallest has 3"):
+        split_validation(only_big, 2, 0, by="category")
+    with pytest.raises(DataError, match="must be 'task' or 'category'"):
+        split_validation(TASKS, 2, 0, by="source")
