@@ -42,13 +42,23 @@ def resolve_checkpoint(checkpoint: str | None) -> Path:
     )
 
 
-def check_numbers(**values: float) -> None:
-    """Counts must be >= 1 (``join_max_steps`` >= 0, ``timeout`` > 0): one line naming the option."""
-    for name, value in values.items():
-        low = 0 if name in ("join_max_steps", "cache_mb", "prefix_cache_mb") else 1
-        if name == "timeout" and not value > 0 or name != "timeout" and value < low:
-            bound = "> 0" if name == "timeout" else f">= {low}"
-            raise ServeError(f"--{name.replace('_', '-')} must be {bound}, got {value}")
+LOWEST = {
+    "max_batch": 1,
+    "max_queue": 1,
+    "join_min_rows": 1,
+    "join_max_steps": 0,
+    "cache_mb": 0,
+    "prefix_cache_mb": 0,
+}
+
+
+def check_numbers(timeout: float, **counts: int) -> None:
+    """``timeout`` > 0 and every count at least its :data:`LOWEST`: one line naming the option otherwise."""
+    if not timeout > 0:
+        raise ServeError(f"--timeout must be > 0, got {timeout}")
+    for name, value in counts.items():
+        if value < LOWEST[name]:
+            raise ServeError(f"--{name.replace('_', '-')} must be >= {LOWEST[name]}, got {value}")
 
 
 def check_bind(host: str, token: str | None) -> None:
@@ -100,11 +110,11 @@ def serve(
     token = token or os.environ.get("TAGI_SERVE_TOKEN") or None
     check_bind(host, token)
     check_numbers(
+        timeout,
         max_batch=max_batch,
         max_queue=max_queue,
         cache_mb=cache_mb,
         prefix_cache_mb=prefix_cache_mb,
-        timeout=timeout,
         join_min_rows=join_min_rows,
         join_max_steps=join_max_steps,
     )

@@ -254,25 +254,28 @@ class Scheduler:
                 return self._queue.popleft()
             if running is not None:
                 room = self.max_batch - len(running.batch) if running.batch.can_join else 0
-                rows = self._take(running.key, room, joining=True, dry=True)
+                rows = self._pick(running.key, room, joining=True)
                 size = len(running.batch)
                 if not join_now(len(rows), room, size, running.held, self.join_min_rows, self.join_max_steps):
                     running.held = running.held + 1 if rows else 0
                     return []
                 running.held = 0
-                return self._take(running.key, room, joining=True)
+                return self._claim(rows)
         if self.batch_wait_s > 0:  # let requests that arrive together meet in one batch
             time.sleep(self.batch_wait_s)
         with self._cond:
             head = self._queue[0]
-            return self._take(batch_key(head, self.backbone.family), self.max_batch, joining=False)
+            return self._claim(
+                self._pick(batch_key(head, self.backbone.family), self.max_batch, joining=False)
+            )
 
-    def _take(self, key: tuple, room: int, joining: bool, dry: bool = False) -> list[Row]:
+    def _pick(self, key: tuple, room: int, joining: bool) -> list[Row]:
         """Up to ``room`` waiting rows of batch key ``key``, in queue order (caller holds the lock).
 
         Starting a batch (``joining=False``) gathers every waiting row of the key. Joining a running batch
         takes only the oldest waiting rows up to the first of another key: a row with other settings then
-        waits just for the running batch to drain, and no later row joins ahead of it. ``dry``: only look."""
+        waits just for the running batch to drain, and no later row joins ahead of it. The rows stay queued
+        until :meth:`_claim` takes them."""
         waiting = [j for j in self._queue if isinstance(j, Row)]
         batch = []
         for row in waiting:
@@ -282,11 +285,13 @@ class Scheduler:
                 batch.append(row)
             elif joining:
                 break
-        if dry:
-            return batch
-        for r in batch:
-            self._queue.remove(r)
         return batch
+
+    def _claim(self, rows: list[Row]) -> list[Row]:
+        """Take ``rows`` off the queue (caller holds the lock)."""
+        for r in rows:
+            self._queue.remove(r)
+        return rows
 
     def _run(self) -> None:
         running: _Running | None = None
