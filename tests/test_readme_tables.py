@@ -180,15 +180,17 @@ LONGER_ROWS = {
 }
 
 
-def longer_paired_rows(srcs: list[dict]) -> dict:
-    methods = ("copy-demo", "multitask-lora", "tagi-no-hypernet")
-    return {f"TAGI − {m}": [None, *(paired(srcs[0], m, s) for s in ("Def", "Def+2Pos"))] for m in methods}
+def _paired_table(methods: list[str]) -> Callable:
+    """Rows ``TAGI − method``: its paired delta at Def and at Def+2Pos."""
 
 
-def specific_paired_rows(srcs: list[dict]) -> dict:
-    res = srcs[0]
-    methods = [m for m in SPECIFIC_ROWS.values() if m != "tagi"]
-    return {f"TAGI − {m}": [None, *(paired(res, m, s) for s in ("Def", "Def+2Pos"))] for m in methods}
+    def rows(srcs: list[dict]) -> dict:
+        return {f"TAGI − {m}": [None, *(paired(srcs[0], m, s) for s in ("Def", "Def+2Pos"))] for m in methods}
+    return rows
+
+
+CATEGORY = "benchmarks/results/sni-smollm2-category/results.json"
+CATEGORY_ROWS = {label: m for label, m in SPECIFIC_ROWS.items() if m != "tagi-other-instruction"}
 
 
 def specificity_rows(srcs: list[dict]) -> dict:
@@ -200,12 +202,22 @@ TABLES |= {
     "method (Rouge-L / EM, 83 unseen tasks, task-specific settings)": Table(
         (SPECIFIC,), _methods_table(SPECIFIC_ROWS, ("Def", "Def+2Pos"))
     ),
-    "paired over the 83 tasks": Table((SPECIFIC,), specific_paired_rows),
+    "paired over the 83 tasks": Table(
+        (SPECIFIC,), _paired_table([m for m in SPECIFIC_ROWS.values() if m != "tagi"])
+    ),
     "generated adapters (83 test instructions, Def)": Table((SPECIFIC,), specificity_rows),
     "method (Rouge-L / EM, 83 unseen tasks, 384 finetuning steps)": Table(
         (LONGER,), _methods_table(LONGER_ROWS, ("Def", "Def+2Pos"))
     ),
-    "paired over the 83 tasks, 384 steps": Table((LONGER,), longer_paired_rows),
+    "paired over the 83 tasks, 384 steps": Table(
+        (LONGER,), _paired_table(["copy-demo", "multitask-lora", "tagi-no-hypernet"])
+    ),
+    "method (Rouge-L / EM, 83 unseen tasks, category-split training)": Table(
+        (CATEGORY,), _methods_table(CATEGORY_ROWS, ("Def", "Def+2Pos"))
+    ),
+    "paired over the 83 tasks, category-split training": Table(
+        (CATEGORY,), _paired_table([m for m in CATEGORY_ROWS.values() if m != "tagi"])
+    ),
 }
 TABLES |= {
     "adapters × clients": Table(("benchmarks/results/serve_load.json",), serve_rows),
