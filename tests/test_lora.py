@@ -154,3 +154,23 @@ def test_gram_equals_explicit_delta_inner_products():
     absolute = LoraWeights({m: v.abs() for m, v in a.items()}, {m: v.abs() for m, v in b.items()}, 0.7)
     assert got.dtype == torch.float32
     assert ((got.double() - ref).abs() <= 64 * EPS32 * absolute.gram().double()).all()
+
+
+def test_packed_rows_each_get_their_own_adapter():
+    """``token_rows``: one packed row of 2 + 3 + 1 tokens through a Linear equals each segment run alone
+    with its own adapter of three (explicit ``W x + s B A x`` in float64)."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4)).double()
+    w = LoraWeights({"0": torch.randn(3, 2, 5).double()}, {"0": torch.randn(3, 4, 2).double()}, 1.5)
+    x = torch.randn(1, 6, 5).double()
+    rows = torch.tensor([0, 0, 1, 1, 1, 2])
+    with torch.no_grad(), apply_lora(model, w, token_rows=rows):
+        got = model(x)
+    lin = model[0]
+    for t, k in enumerate(rows.tolist()):
+        want = lin.weight @ x[0, t] + lin.bias + w.delta("0")[k] @ x[0, t]
+        assert_close64(got[0, t], want)
+    with pytest.raises(AdapterError, match="token_rows"), apply_lora(model, w, token_rows=torch.tensor([3])):
+        pass
+    with pytest.raises(AdapterError, match="packed LoRA mismatch"), apply_lora(model, w, token_rows=rows):
+        model(torch.randn(2, 6, 5).double())

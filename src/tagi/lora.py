@@ -10,6 +10,12 @@ computed for the whole batch with two batched matmuls on ``x: [N, T, in]``::
     h = x @ A^T      # [N, T, r]     (A: [N, r, in], or [1, r, in] broadcast over the batch)
     y = y + s * (h @ B^T)            # [N, T, out]   (B: [N, out, r])
 
+Packed rows (several sequences concatenated into one row ``x: [1, T, in]``, token ``t`` belonging to row
+``k_t``; see ``tagi.backbones.packing``) use the ``N`` adapters side by side: with ``A_cat = [A_1; ...; A_N]``
+(``[N r, in]``), ``B_cat = [B_1 ... B_N]`` (``[out, N r]``) and ``M[t, n r + j] = 1[k_t = n]`` (``[T, N r]``)::
+
+    y = y + s * (((x @ A_cat^T) * M) @ B_cat^T)    # token t sees only its own row's A_k and B_k
+
 Adapters are applied by :func:`apply_lora`, a context manager that registers forward hooks on the target
 modules and removes them on exit, so no state survives the call (exceptions included). For one-task
 inference :func:`merged` adds ``s * B A`` into the weights and restores the exact original weights on exit.
@@ -150,6 +156,25 @@ def _lora_hook(a: torch.Tensor, b: torch.Tensor, scaling: float):
     return hook
 
 
+def _packed_lora_hook(a: torch.Tensor, b: torch.Tensor, scaling: float, select: torch.Tensor):
+    """The hook for packed rows: ``select [T, N r]`` keeps each token's own adapter block (module docstring)."""
+    n, r, d_in = a.shape
+    a_cat = a.reshape(n * r, d_in)  # [N r, in]
+    b_cat = b.permute(1, 0, 2).reshape(b.shape[1], n * r)  # [out, N r]
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        x = inputs[0]  # [1, T, in]
+        if x.dim() != 3 or x.shape[0] != 1 or x.shape[1] != select.shape[0]:
+            raise AdapterError(
+                f"packed LoRA mismatch: input {tuple(x.shape)} for {select.shape[0]} packed tokens "
+                "(expected input [1, T, in])"
+            )
+        h = (x @ a_cat.t().to(x.dtype)) * select.to(x.dtype)  # [1, T, N r]
+        return output + scaling * (h @ b_cat.t().to(x.dtype))  # [1, T, out]
+
+    return hook
+
+
 def check_fits(model: nn.Module, weights: LoraWeights) -> None:
     """Raise :class:`AdapterError` unless every named module exists as a Linear of matching shape."""
     for name in weights.names:
@@ -168,22 +193,32 @@ def check_fits(model: nn.Module, weights: LoraWeights) -> None:
 
 
 @contextmanager
-def apply_lora(model: nn.Module, weights: LoraWeights | None) -> Iterator[None]:
+def apply_lora(
+    model: nn.Module, weights: LoraWeights | None, token_rows: torch.Tensor | None = None
+) -> Iterator[None]:
     """Apply per-example LoRA factors to ``model`` for the duration of the ``with`` block.
 
-    ``weights=None`` is a no-op, so callers can write one code path for "base" and "adapted".
+    ``weights=None`` is a no-op, so callers can write one code path for "base" and "adapted". With
+    ``token_rows`` (``[T]``, values in ``[0, N)``) the model runs one packed row of ``T`` tokens and token
+    ``t`` uses adapter ``token_rows[t]`` of the ``N`` in ``weights``.
     """
     if weights is None:
         yield
         return
     check_fits(model, weights)
+    select = None
+    if token_rows is not None:
+        n, r = weights.batch_size, weights.rank
+        if token_rows.dim() != 1 or (len(token_rows) and int(token_rows.max()) >= n):
+            raise AdapterError(f"token_rows must be [T] indices into {n} adapters")
+        owner = torch.arange(n, device=token_rows.device).repeat_interleave(r)  # [N r]
+        select = (token_rows[:, None] == owner[None, :]).float()  # [T, N r]
     handles = []
     try:
         for name in weights.names:
-            mod = model.get_submodule(name)
-            handles.append(
-                mod.register_forward_hook(_lora_hook(weights.A[name], weights.B[name], weights.scaling))
-            )
+            a, b, s = weights.A[name], weights.B[name], weights.scaling
+            hook = _lora_hook(a, b, s) if select is None else _packed_lora_hook(a, b, s, select)
+            handles.append(model.get_submodule(name).register_forward_hook(hook))
         yield
     finally:
         for h in handles:

@@ -6,6 +6,8 @@ logits a row gets at every step of the running batch equal its whole sequence ru
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -24,14 +26,15 @@ SRC = [
 
 class LogitsTap:
     """Records the last-position logits of every decoding call (prefills and steps, which pass positions;
-    not the prefix runs): ``calls[i]`` is ``[rows, V]``."""
+    not the prefix runs): ``calls[i]`` is ``[rows, V]`` (a packed prefill keeps one position per row)."""
 
     def __init__(self, model) -> None:
         self.calls: list[torch.Tensor] = []
 
         def hook(module, args, kwargs, out):
             if kwargs.get("position_ids") is not None:
-                self.calls.append(out.logits[:, -1])
+                packed = torch.is_tensor(kwargs.get("logits_to_keep"))
+                self.calls.append(out.logits[0] if packed else out.logits[:, -1])
 
         self.handle = model.register_forward_hook(hook, with_kwargs=True)
 
@@ -81,10 +84,12 @@ def drive(batch, tap, schedule):
     return texts, order, tokens
 
 
-def test_rows_joining_a_running_batch_get_the_logits_of_their_own_sequence(backbones):
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_rows_joining_a_running_batch_get_the_logits_of_their_own_sequence(backbones, packed):
     """A batch of one shared adapter runs two steps; rows of another task (another prefix length) over two
     adapters join, then a base-model row: at every call each row's logits equal its whole sequence run
-    alone, each row stops at its own limit, and its text equals the row decoded alone."""
+    alone, each row stops at its own limit, and its text equals the row decoded alone. Joining rows are
+    prefilled left-padded, or packed into one row without padding."""
     bb = float64_copy(backbones["tiny-llama"])
     torch.manual_seed(3)
     w = random_adapter(bb, 3, scale=1.0, dtype=torch.float64)
@@ -96,6 +101,7 @@ def test_rows_joining_a_running_batch_get_the_logits_of_their_own_sequence(backb
         "c0": (PromptExample("", SRC[1], ""), None, 3),
     }
     batch, tap = endless(bb), LogitsTap(bb.model)
+    batch.join = functools.partial(batch.join, packed=packed)
     try:
         texts, order, tokens = drive(batch, tap, [
             ("join", [rows["a0"][0], rows["a1"][0]], rows["a0"][1], "fuse", 7, None, ["a0", "a1"]),

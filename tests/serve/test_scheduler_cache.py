@@ -153,7 +153,18 @@ class ScriptedBatch:
                 del self.left[t]
         return events
 
-    def join(self, examples, weights, mode, max_tokens, adapter_rows, tags, prefix_store=None, keys=None):
+    def join(
+        self,
+        examples,
+        weights,
+        mode,
+        max_tokens,
+        adapter_rows,
+        tags,
+        prefix_store=None,
+        keys=None,
+        packed=False,
+    ):
         self.joins.append(([e.source for e in examples], len(self.left)))
         self.join_steps.append(self.steps)
         self.left.update({t: (max_tokens, e.source) for t, e in zip(tags, examples)})

@@ -5,27 +5,56 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
 
 
-def test_smoke_run_writes_results(tmp_path, monkeypatch, capsys):
+def load_script(monkeypatch):
+    """The script as module ``serve_load``: importable by name, as its client process imports it."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports benchtools as a sibling
     spec = importlib.util.spec_from_file_location("serve_load", BENCHMARKS / "serve_load.py")
     bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "serve_load", bench)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_smoke_run_writes_results(tmp_path, monkeypatch, capsys):
+    bench = load_script(monkeypatch)
     out = tmp_path / "serve_load.json"
     assert bench.main(["--smoke", "--clients", "3", "--adapters", "2", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     (cell,) = result["cells"]
     assert (cell["adapters"], cell["clients"], cell["requests"]) == (2, 3, 6)
-    assert [r["mode"] for r in cell["runs"]] == ["batched", "join_each_step", "one_at_a_time"]
+    assert [r["mode"] for r in cell["runs"]] == [
+        "batched",
+        "padded_prefill",
+        "join_each_step",
+        "one_at_a_time",
+    ]
     for run in cell["runs"]:
         assert run["errors"] == 0 and run["completions"] == 6 and run["outputs_equal_predict"]
         assert run["model_calls"] >= 6 and 1 <= run["mean_rows_per_call"] <= 6
     assert cell["throughput_ratio_batched_vs_one_at_a_time"] > 0
     assert cell["throughput_ratio_batched_vs_join_each_step"] > 0
-    one = cell["runs"][2]
+    assert cell["throughput_ratio_batched_vs_padded_prefill"] > 0
+    one = cell["runs"][3]
     assert one["mean_rows_per_call"] == 1  # max_batch=1: every request alone, one row per model call
+    assert all(len(r["rounds_completions_per_s"]) == 1 for r in cell["runs"]) and result["rounds"] == 1
     assert result["total_errors"] == 0 and "command" in result and "ratio" in capsys.readouterr().out
+
+
+def test_each_mode_is_reported_by_its_median_round(monkeypatch):
+    bench = load_script(monkeypatch)
+    rounds = [
+        {"completions_per_s": 3.0, "p50_ms": 30, "errors": 0, "outputs_equal_predict": True},
+        {"completions_per_s": 1.0, "p50_ms": 10, "errors": 1, "outputs_equal_predict": True},
+        {"completions_per_s": 2.0, "p50_ms": 20, "errors": 0, "outputs_equal_predict": False},
+    ]
+    out = bench.median_run(rounds)
+    assert (out["completions_per_s"], out["p50_ms"]) == (2.0, 20)  # the median round, all of its numbers
+    assert out["rounds_completions_per_s"] == [3.0, 1.0, 2.0]  # in the order they ran
+    assert out["errors"] == 1 and out["outputs_equal_predict"] is False  # over every round
+    assert bench.median_run(rounds[:2])["completions_per_s"] == 1.0  # even: the lower middle

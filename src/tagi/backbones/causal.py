@@ -32,7 +32,7 @@ from tagi.backbones.base import (
     Target,
     pad_right,
 )
-from tagi.backbones.prefix_store import PrefixStore, run_prefixes, unique_prefix_cache
+from tagi.backbones.prefix_store import KV, PrefixStore, prefix_kvs, run_prefixes, unique_prefix_cache
 from tagi.backbones.running import RunningBatch
 from tagi.data.prompts import SOURCE_TEMPLATE
 from tagi.lora import LoraWeights, apply_lora
@@ -265,25 +265,43 @@ class CausalBackbone(Backbone):
         models whose cache is :func:`~tagi.backbones.prefix_store.storable`), prefixes computed by earlier
         calls are reused and new ones kept. Returns the cache and the mask ``[N, P]``.
         """
+        unique, rows, unique_adapter, names = self._distinct_prefixes(prefixes, groups, adapter, group_keys)
+        if store is not None:
+            cache, pmask = unique_prefix_cache(self, unique, unique_adapter, store, names)
+        else:
+            cache, pmask = run_prefixes(self, unique, unique_adapter)
+        index = torch.tensor(rows, dtype=torch.long, device=self.device)  # [N]
+        if len(unique) == 1:
+            cache.batch_repeat_interleave(len(rows))
+        else:
+            cache.batch_select_indices(index)  # [U] -> [N]
+        return cache, pmask[index]
+
+    def _prefix_kvs(
+        self,
+        prefixes: list[list[int]],
+        groups: list[Any],
+        adapter: LoraWeights | None,
+        store: PrefixStore | None = None,
+        group_keys: Sequence[Hashable] | None = None,
+    ) -> tuple[list[KV], list[int]]:
+        """As :meth:`_prefix_cache`, but each distinct prefix's own keys and values (no padding, for a packed
+        prefill: ``tagi.backbones.packing``) and each row's index into them."""
+        unique, rows, unique_adapter, names = self._distinct_prefixes(prefixes, groups, adapter, group_keys)
+        return prefix_kvs(self, unique, unique_adapter, store, names), rows
+
+    @staticmethod
+    def _distinct_prefixes(prefixes, groups, adapter, group_keys):
+        """``(distinct (prefix, group) prefixes [U], each row's index into them, their adapters ([U], or the
+        shared one), their store names)``."""
         keys = [(tuple(p), g) for p, g in zip(prefixes, groups)]
         unique = list(dict.fromkeys(keys))
         index = {k: u for u, k in enumerate(unique)}
-        rows = torch.tensor([index[k] for k in keys], dtype=torch.long, device=self.device)  # [N]
         first = [keys.index(k) for k in unique]  # a row of each distinct prefix
         per_row = adapter is not None and adapter.batch_size > 1
+        names = [group_keys[g] for _, g in unique] if group_keys is not None else None
         unique_adapter = adapter.index(first) if per_row else adapter
-        if store is not None:
-            names = [group_keys[g] for _, g in unique]
-            cache, pmask = unique_prefix_cache(
-                self, [list(p) for p, _ in unique], unique_adapter, store, names
-            )
-        else:
-            cache, pmask = run_prefixes(self, [list(p) for p, _ in unique], unique_adapter)
-        if len(unique) == 1:
-            cache.batch_repeat_interleave(len(keys))
-        else:
-            cache.batch_select_indices(rows)  # [U] -> [N]
-        return cache, pmask[rows]
+        return [list(p) for p, _ in unique], [index[k] for k in keys], unique_adapter, names
 
     def _decode(self, gen: torch.Tensor) -> list[str]:
         texts = []

@@ -3,10 +3,11 @@
 Every request for one adapter starts with the same prompt prefix (chat head + the adapter's instruction),
 and the prefix's key/value cache depends only on (adapter, prefix tokens). A :class:`PrefixStore` keeps
 those caches — per layer ``keys / values [1, H, P, D]`` — in an LRU bounded in bytes, so a server runs each
-adapter's prefix once instead of once per request. :func:`unique_prefix_cache` is the store-aware version
-of the prefix run in ``CausalBackbone._prefix_cache``: stored prefixes are taken as they are, the missing
-ones run as one right-padded batch (each with its adapter active) and are stored, cut to their own length;
-then all are right-padded with zeros to one length ``P`` (the mask ``[U, P]`` hides the padding).
+adapter's prefix once instead of once per request. :func:`prefix_kvs` gives each prefix's own keys and
+values: stored prefixes are taken as they are, the missing ones run as one right-padded batch (each with its
+adapter active) and are stored, cut to their own length. :func:`unique_prefix_cache` (the store-aware
+version of the prefix run in ``CausalBackbone._prefix_cache``) right-pads them with zeros to one length ``P``
+(the mask ``[U, P]`` hides the padding); a packed prefill (``tagi.backbones.packing``) lays them side by side.
 
 A stored prefix computed alone is exactly the computation ``tagi predict`` makes; one computed beside other
 prefixes equals it up to float rounding (padding is masked). Models with sliding-window attention layers
@@ -90,16 +91,17 @@ def run_prefixes(
         return bb.model(input_ids=ids, use_cache=True, logits_to_keep=1, **extra).cache, mask
 
 
-def unique_prefix_cache(
+def prefix_kvs(
     bb,
     prefixes: Sequence[Sequence[int]],
     adapter: LoraWeights | None,
-    store: PrefixStore,
-    keys: Sequence[Hashable],
-) -> tuple[DynamicCache, torch.Tensor]:
-    """The cache ``[U, H, P, D]`` and mask ``[U, P]`` of ``U`` distinct prefixes; prefix ``u`` runs with row
-    ``u`` of ``adapter`` (``[U]``, or ``[1]`` / ``None`` for all) unless ``store`` holds ``(keys[u], prefix)``."""
-    found = [store.get((keys[u], tuple(p))) for u, p in enumerate(prefixes)]
+    store: PrefixStore | None = None,
+    keys: Sequence[Hashable] | None = None,
+) -> list[KV]:
+    """Each of ``U`` distinct prefixes' own keys / values (per layer ``[1, H, P_u, D]``, no padding); prefix
+    ``u`` runs with row ``u`` of ``adapter`` (``[U]``, or ``[1]`` / ``None`` for all) unless ``store`` holds
+    ``(keys[u], prefix)``. The missing ones run as one right-padded batch and are stored (with a store)."""
+    found = [store.get((keys[u], tuple(p))) if store is not None else None for u, p in enumerate(prefixes)]
     missing = [u for u, kv in enumerate(found) if kv is None]
     if missing:
         per_row = adapter is not None and adapter.batch_size > 1
@@ -112,8 +114,22 @@ def unique_prefix_cache(
                 (la.keys[j : j + 1, :, :n].clone(), la.values[j : j + 1, :, :n].clone())
                 for la in cache.layers
             ]
-            store.put((keys[u], tuple(prefixes[u])), kv)
+            if store is not None:
+                store.put((keys[u], tuple(prefixes[u])), kv)
             found[u] = kv
+    return found
+
+
+def unique_prefix_cache(
+    bb,
+    prefixes: Sequence[Sequence[int]],
+    adapter: LoraWeights | None,
+    store: PrefixStore,
+    keys: Sequence[Hashable],
+) -> tuple[DynamicCache, torch.Tensor]:
+    """The cache ``[U, H, P, D]`` and mask ``[U, P]`` of ``U`` distinct prefixes (:func:`prefix_kvs`), each
+    right-padded with zeros to the longest."""
+    found = prefix_kvs(bb, prefixes, adapter, store, keys)
     width = max(len(p) for p in prefixes)
     layers = []
     for li in range(len(found[0])):

@@ -9,9 +9,10 @@ A :class:`RunningBatch` holds ``A`` rows in the middle of decoding::
     adapter  None, one LoraWeights [1] shared by every row, or [A] (one adapter per row)
 
 :meth:`RunningBatch.join` prefills new rows — each distinct (instruction prefix, adapter) once
-(``CausalBackbone._prefix_cache``), then their sources, left-padded — samples their first token and
-appends them. The two caches are left-padded to one length after dropping leading columns no row uses:
-every row keeps its own keys and positions, and a masked column adds an exact zero to attention.
+(``CausalBackbone._prefix_cache``), then their sources, left-padded, or packed into one row without padding
+(``packed=True``, :mod:`tagi.backbones.packing`) — samples their first token and appends them. The two
+caches are left-padded to one length after dropping leading columns no row uses: every row keeps its own
+keys and positions, and a masked column adds an exact zero to attention.
 :meth:`RunningBatch.step` feeds every row its last token. A row leaves as soon as it emits a stop token
 or reaches its ``max_new_tokens``; its cache, mask, position and adapter row go with it, so a step costs
 what the unfinished rows cost.
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 
 from tagi.backbones.base import pad_left, row_adapters, sample_next
+from tagi.backbones.packing import pack
 from tagi.backbones.prefix_store import PrefixStore
 from tagi.lora import LoraWeights, apply_lora
 
@@ -121,25 +123,26 @@ class RunningBatch:
         tags: Sequence[Hashable] | None = None,
         prefix_store: PrefixStore | None = None,
         adapter_keys: Sequence[Hashable] | None = None,
+        packed: bool = False,
     ) -> Events:
         """Prefill ``examples`` (adapters as in ``generate``), sample their first token and add the rows
         that go on. ``tags`` name the rows in the events (default: their order of joining). With a
         ``prefix_store``, instruction prefixes are reused across calls; ``adapter_keys`` names each
-        distinct adapter (``adapter_rows`` indexes it; one name for a shared adapter or none)."""
+        distinct adapter (``adapter_rows`` indexes it; one name for a shared adapter or none). ``packed``
+        prefills several rows as one row without padding (``tagi.backbones.packing``)."""
         n, bb = len(examples), self.bb
         if len(self) and not self.can_join:
             raise RuntimeError("this model's cache cannot take rows into a batch in progress")
         adapter, groups = row_adapters(adapter, adapter_rows, n)
         prefixes = [bb.prefix_ids(e.instruction, mode) for e in examples]
-        cache, prefix_mask = None, torch.ones(n, 0, dtype=torch.long, device=bb.device)
-        if prefixes[0]:  # the mode and the chat head are the batch's: every prefix is empty, or none is
-            cache, prefix_mask = bb._prefix_cache(prefixes, groups, adapter, prefix_store, adapter_keys)
-        ids, mask = pad_left([bb.suffix_ids(e.source) for e in examples], bb.pad_id)
-        attn = torch.cat([prefix_mask, mask.to(bb.device)], 1)  # [K, P + S]: the padding holes masked out
-        pos = (attn.cumsum(-1) - 1).clamp_min(0)[:, prefix_mask.shape[1] :]  # counting each row's prefix
-        nxt, cache = self._forward(ids.to(bb.device), attn, pos, cache, adapter)
+        suffixes = [bb.suffix_ids(e.source) for e in examples]
+        store = (prefix_store, adapter_keys)
+        if packed and n > 1 and all(suffixes):
+            nxt, cache, attn, pos = self._prefill_packed(prefixes, suffixes, groups, adapter, *store)
+        else:
+            nxt, cache, attn, pos = self._prefill_padded(prefixes, suffixes, groups, adapter, *store)
         tags = list(range(n)) if tags is None else list(tags)
-        new = _Rows(cache, attn, pos[:, -1:], None, adapter, tags, [max_new_tokens] * n)
+        new = _Rows(cache, attn, pos, None, adapter, tags, [max_new_tokens] * n)
         events = self._advance(new, nxt)
         if new.tags:
             self.rows = new if self.rows is None else _merged(self.rows, new)
@@ -156,6 +159,38 @@ class RunningBatch:
         return events
 
     # ---- internals
+    def _prefill_padded(self, prefixes, suffixes, groups, adapter, store, keys):
+        """The rows' prefixes right-padded, then their suffixes left-padded: ``(first tokens [K], cache
+        [K, H, P + S, D], attn [K, P + S], last positions [K, 1])``."""
+        bb = self.bb
+        cache, prefix_mask = None, torch.ones(len(suffixes), 0, dtype=torch.long, device=bb.device)
+        if prefixes[0]:  # the mode and the chat head are the batch's: every prefix is empty, or none is
+            cache, prefix_mask = bb._prefix_cache(prefixes, groups, adapter, store, keys)
+        ids, mask = pad_left(suffixes, bb.pad_id)
+        attn = torch.cat([prefix_mask, mask.to(bb.device)], 1)  # [K, P + S]: the padding holes masked out
+        pos = (attn.cumsum(-1) - 1).clamp_min(0)[:, prefix_mask.shape[1] :]  # counting each row's prefix
+        nxt, cache = self._forward(ids.to(bb.device), attn, pos, cache, adapter)
+        return nxt, cache, attn, pos[:, -1:]
+
+    def _prefill_packed(self, prefixes, suffixes, groups, adapter, store, keys):
+        """As :meth:`_prefill_padded`, as one packed row (``tagi.backbones.packing``); the cache ``[K, H, L,
+        D]`` and ``attn [K, L]`` come back left-padded, each row's keys contiguous."""
+        bb = self.bb
+        kvs, rows = bb._prefix_kvs(prefixes, groups, adapter, store, keys) if prefixes[0] else ([], [])
+        p = pack(kvs, rows, suffixes, bb.model.config, bb.device, bb.model.dtype)
+        per_row = adapter is not None and adapter.batch_size > 1
+        with apply_lora(bb.model, adapter, p.token_rows if per_row else None):
+            out = bb.model(
+                input_ids=p.ids,
+                attention_mask=p.mask,
+                position_ids=p.pos,
+                cache=p.cache,
+                use_cache=True,
+                logits_to_keep=p.last,
+            )
+        nxt = sample_next(out.logits[0], self.temperature, self.top_p, self.generator)
+        return nxt, p.unpack(out.cache), p.attn, p.last_pos
+
     def _forward(self, ids, attn, pos, cache, adapter) -> tuple[torch.Tensor, Any]:
         with apply_lora(self.bb.model, adapter):
             out = self.bb.model(

@@ -84,6 +84,7 @@ def serve(
     timeout: float = 120.0,
     join_min_rows: int = 4,
     join_max_steps: int = 4,
+    packed_prefill: bool = True,
     device: str = "cpu",
 ) -> int:
     """Serve instant adapters over HTTP: a web page at /, an OpenAI-compatible API under /v1.
@@ -105,6 +106,8 @@ def serve(
         join_min_rows: requests that arrive while a batch of at least this many rows decodes join it in
             groups of this many (one prefill for the group; 1 = each joins at the next step) ...
         join_max_steps: ... or once the oldest has waited this many decode steps.
+        packed_prefill: prefill the requests that join together as one sequence without padding (decoder-only
+            models); --no-packed-prefill pads them to the longest.
         device: torch device.
     """
     token = token or os.environ.get("TAGI_SERVE_TOKEN") or None
@@ -140,6 +143,7 @@ def serve(
         limits,
         join_min_rows=join_min_rows,
         join_max_steps=join_max_steps,
+        packed_prefill=packed_prefill,
     )
     app = create_app(service, token=token, cors_origins=cors_origin or ())
     print(

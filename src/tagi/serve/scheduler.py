@@ -15,7 +15,8 @@ decode steps, the rows that arrived meanwhile and decode under the same settings
 does not wait for the longest row of the batch ahead of it (iteration-level scheduling).
 
 **Prefilling in groups.** Joining costs a prefill, and rows prefilled in one call share the cost of reading
-the model's weights. A server that prefills every arriving row at the next step spends most of its time
+the model's weights. They are packed into one row without padding (``packed_prefill``,
+:mod:`tagi.backbones.packing`): a joining row costs its own tokens, not the longest joining row's. A server that prefills every arriving row at the next step spends most of its time
 on one-row prefills when clients keep sending short requests (``benchmarks/serve_load.py`` measures it).
 So rows join a running batch when at least ``join_min_rows`` of them wait (or as many as there is room
 for), when fewer than ``join_min_rows`` rows are decoding (few requests in flight, few more to wait for),
@@ -185,6 +186,7 @@ class Scheduler:
         join_max_steps: int = 4,
         on_batch: Callable[[str, int, float], None] | None = None,
         prefix_store: PrefixStore | None = None,
+        packed_prefill: bool = True,
     ) -> None:
         self.backbone = backbone
         self.max_batch = max_batch
@@ -199,6 +201,7 @@ class Scheduler:
         # "decode" (one step of it) or "batch" (a start-to-end batch: T5, seeded rows)
         self.on_batch = on_batch
         self.prefix_store = prefix_store  # instruction prefixes' caches kept across requests (decoder-only)
+        self.packed_prefill = packed_prefill  # joining rows prefilled as one row without padding
         # decoder-only backbones decode continuously: waiting rows join the running batch between steps
         self.continuous = callable(getattr(backbone, "running_batch", None))
         self._queue: deque[Row | Task] = deque()
@@ -326,7 +329,15 @@ class Scheduler:
             weights = weights.to(self.backbone.device) if weights is not None else None
             examples = [PromptExample(r.instruction, r.source, "") for r in rows]
             events = running.batch.join(
-                examples, weights, "fuse", first.max_tokens, adapter_rows, tags, self.prefix_store, keys
+                examples,
+                weights,
+                "fuse",
+                first.max_tokens,
+                adapter_rows,
+                tags,
+                self.prefix_store,
+                keys,
+                packed=self.packed_prefill,
             )
         except BaseException as e:  # noqa: BLE001 - every row of the batch gets the error
             log.exception("prefilling %d rows failed", len(rows))
