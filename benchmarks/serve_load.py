@@ -207,7 +207,7 @@ def median_run(runs: list[dict]) -> dict:
     return out
 
 
-def run_cell(tagi: Tagi, num_adapters: int, clients: int, args) -> dict:
+def run_cell(tagi: Tagi, num_adapters: int, clients: int, args, pool: Pool) -> dict:
     instructions = [
         make_builtin_task(BUILTIN_TEST[k % len(BUILTIN_TEST)], 1).definition for k in range(num_adapters)
     ]
@@ -216,9 +216,7 @@ def run_cell(tagi: Tagi, num_adapters: int, clients: int, args) -> dict:
     order, by_mode = list(MODES), {mode: [] for mode in MODES}
     for i in range(args.rounds):  # each round starts with the next mode: a slow spell hits every mode alike
         for mode in order[i % len(order) :] + order[: i % len(order)]:
-            run = measure(
-                tagi, mode, instructions, plan, args.max_tokens, args.prefix_cache_mb, args.clients_pool
-            )
+            run = measure(tagi, mode, instructions, plan, args.max_tokens, args.prefix_cache_mb, pool)
             outputs = run.pop("_outputs")
             run["outputs_equal_predict"] = all(outputs.get(key) == want for key, want in ref.items())
             by_mode[mode].append(run)
@@ -281,20 +279,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     load_start, t_start = os.getloadavg()[0], time.perf_counter()
     tagi = Tagi.from_checkpoint(args.checkpoint)
-    # the clients run in their own process, as real clients do: they share the CPU with the server, not
-    # its interpreter (threads in the server's process would hold its GIL between the worker's model calls)
-    args.clients_pool = multiprocessing.get_context("spawn").Pool(1)
     print(f"{'adapters':>8} {'clients':>7} {'mode':>14} {'compl/s':>9} {'tok/s':>8} {'p50 ms':>9} {'p95 ms':>9} "
           f"{'errors':>6} {'=pred':>6} {'rows/call':>9} {'prefill':>8}")  # fmt: skip
     cells, skipped = [], []
-    for a in args.adapters:
-        for n in args.clients:
-            if time.perf_counter() - t_start > args.time_limit:
-                skipped.append({"adapters": a, "clients": n})
-                continue
-            cells.append(run_cell(tagi, a, n, args))
-            print_cell(cells[-1])
-    args.clients_pool.close()
+    # the clients run in their own process, as real clients do: they share the CPU with the server, not
+    # its interpreter (threads in the server's process would hold its GIL between the worker's model calls)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        for a in args.adapters:
+            for n in args.clients:
+                if time.perf_counter() - t_start > args.time_limit:
+                    skipped.append({"adapters": a, "clients": n})
+                    continue
+                cells.append(run_cell(tagi, a, n, args, pool))
+                print_cell(cells[-1])
     tmp.cleanup()
     shown = Path(args.checkpoint).resolve()
     shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown

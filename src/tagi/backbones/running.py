@@ -136,11 +136,8 @@ class RunningBatch:
         adapter, groups = row_adapters(adapter, adapter_rows, n)
         prefixes = [bb.prefix_ids(e.instruction, mode) for e in examples]
         suffixes = [bb.suffix_ids(e.source) for e in examples]
-        store = (prefix_store, adapter_keys)
-        if packed and n > 1 and all(suffixes):
-            nxt, cache, attn, pos = self._prefill_packed(prefixes, suffixes, groups, adapter, *store)
-        else:
-            nxt, cache, attn, pos = self._prefill_padded(prefixes, suffixes, groups, adapter, *store)
+        prefill = self._prefill_packed if packed and n > 1 and all(suffixes) else self._prefill_padded
+        nxt, cache, attn, pos = prefill(prefixes, suffixes, groups, adapter, prefix_store, adapter_keys)
         tags = list(range(n)) if tags is None else list(tags)
         new = _Rows(cache, attn, pos, None, adapter, tags, [max_new_tokens] * n)
         events = self._advance(new, nxt)
