@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tagi.lora import AdapterError, LoraWeights
-from tagi.losses import align_loss, ce_sum, kl_sum, kl_topk_sum, mismatch_sum, teacher_topk
+from tagi.losses import align_loss, ce_sum, kl_sum, kl_topk_sum, mismatch_sum, teacher_topk, update_sq_norms
 from tagi_testing import EPS32, assert_close64, float64_copy, random_adapter
 
 
@@ -37,6 +37,28 @@ def test_mismatch_hinge_hand_computed():
     own.requires_grad_(True), other.requires_grad_(True)
     mismatch_sum(own, other, labels, rows, 1.0).backward()
     assert own.grad[0, 0] < 0 and other.grad[0, 0] > 0  # label 0 of example 0: raise own, lower other
+
+
+def test_update_sq_norms_is_the_dense_updates_norm_and_gauge_invariant():
+    g = torch.Generator().manual_seed(0)
+    a = {
+        "q": torch.randn(3, 2, 5, generator=g, dtype=torch.float64),
+        "v": torch.randn(3, 2, 4, generator=g, dtype=torch.float64),
+    }
+    b = {
+        "q": torch.randn(3, 6, 2, generator=g, dtype=torch.float64),
+        "v": torch.randn(3, 7, 2, generator=g, dtype=torch.float64),
+    }
+    w = LoraWeights(a, b, 1.5)
+    dense = sum(((1.5 * b[k] @ a[k]) ** 2).sum((1, 2)) for k in a)  # [3]: the updates formed explicitly
+    torch.testing.assert_close(update_sq_norms(w).double(), dense, rtol=1e-5, atol=0)  # float32 Gram products
+    r = torch.tensor([[2.0, 1.0], [0.0, 0.5]], dtype=torch.float64)  # A -> R A, B -> B R^-1: the same dW
+    moved = LoraWeights(
+        {k: r @ v for k, v in a.items()}, {k: v @ torch.linalg.inv(r) for k, v in b.items()}, 1.5
+    )
+    torch.testing.assert_close(update_sq_norms(moved), update_sq_norms(w), rtol=1e-5, atol=0)
+    zero = LoraWeights({k: torch.zeros_like(v) for k, v in a.items()}, b, 1.5)
+    assert update_sq_norms(zero).abs().max().item() == 0.0
 
 
 def test_kl_of_identical_is_zero_and_hand_computed_case():

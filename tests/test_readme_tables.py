@@ -238,6 +238,9 @@ TABLES |= {
         ("benchmarks/results/specificity_levers_category.json",), lever_rows
     ),
 }
+    "lever (CE only, 128 steps, task_group 4, held-out categories, with the L2 penalty)": Table(
+        ("benchmarks/results/specificity_levers_l2.json",), lever_rows
+    ),
 UNCHECKED = {"module"}  # tables without results (the design table)
 
 

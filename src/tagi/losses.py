@@ -1,5 +1,6 @@
 """The finetuning objective (SPEC ยง2): ``L = w_ce * CE + w_kl * tau^2 * KL + w_align * L_align``, plus an
-optional specificity term ``w_mismatch * L_mismatch``.
+optional specificity term ``w_mismatch * L_mismatch`` and an optional penalty ``w_l2 * L_l2`` on the size of
+the generated updates.
 
 All token-level terms take *flat* label-position tensors, as returned by ``Backbone.forward``:
 ``logits [M, V]`` and ``labels [M]`` for the ``M`` label tokens of a batch (padding and prompt positions
@@ -21,6 +22,9 @@ caller divides by the number of label tokens of the whole (accumulated) batch โ€
   adapter does, by a margin ``m`` in nats per label token. With ``n_e`` label tokens and summed CEs
   ``own_e`` / ``other_e`` of example ``e``: ``sum_e relu(n_e * m + own_e - other_e)``, i.e. ``n_e`` times
   the hinge on the per-token means (0 once ``other_e / n_e >= own_e / n_e + m``).
+- ``update_sq_norms``: each adapter's squared Frobenius norm of its updates summed over modules,
+  ``sum_modules ||s B A||_F^2`` (``[N]``), through ``r x r`` Gram matrices like ``delta``: the L2 penalty
+  on generated weights, gauge-invariant (it measures the update ``dW``, not the factors).
 """
 
 from __future__ import annotations
@@ -67,6 +71,16 @@ def kl_topk_sum(student: torch.Tensor, idx: torch.Tensor, log_pt: torch.Tensor, 
     """KL against a teacher kept as top-k (``idx [M, k]``, ``log_pt [M, k]`` renormalised at ``tau``)."""
     log_ps = F.log_softmax(student.float() / tau, dim=-1).gather(-1, idx)  # [M, k]
     return tau**2 * (log_pt.exp() * (log_pt - log_ps)).sum()
+
+
+def update_sq_norms(weights: LoraWeights) -> torch.Tensor:
+    """``[N]``: ``sum_modules ||s B_n A_n||_F^2`` per adapter, with ``||B A||^2 = tr((B^T B)(A A^T))``."""
+    total = None
+    for name in weights.names:
+        a, b = weights.A[name].float(), weights.B[name].float()  # [N, r, in], [N, out, r]
+        sq = (b.transpose(1, 2) @ b * (a @ a.transpose(1, 2))).sum((1, 2))  # [N]
+        total = sq if total is None else total + sq
+    return weights.scaling**2 * total
 
 
 def _delta_sq_dist(ga, gb, sg, ta, tb, st) -> torch.Tensor:

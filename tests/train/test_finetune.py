@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import tiny_config
 
+from tagi.data.prompts import format_instruction
 from tagi.errors import TagiError
-from tagi.losses import kl_sum, mismatch_sum
+from tagi.losses import kl_sum, mismatch_sum, update_sq_norms
 from tagi.model import InstructionCache, TagiModel
 from tagi.train.batching import Sample, StepSampler
 from tagi.train.common import training_tasks
@@ -376,6 +377,38 @@ def test_mismatch_term_is_the_hinge_between_the_own_and_another_tasks_adapter(tm
     assert terms["mismatch"].weight == 0.5 and terms["mismatch"].per == "token"
     assert torch.equal(terms["mismatch"].value, mismatch_sum(own, other, labels, rows, 0.3))  # same batches
     assert float(terms["mismatch"].value) > 0  # an untrained hypernetwork: adapters barely differ
+
+
+def test_l2_term_is_the_mean_squared_update_norm_per_example(tmp_path, teachers_dir):
+    cfg = tiny_config(tmp_path / "run", "finetune.loss.l2=0.25")
+    obj = _objective(cfg, teachers_dir, topk=False)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a fresh hypernetwork's B head is zero (dW = 0): move it off zero
+        for p in obj.model.hypernet.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    samples = [Sample(i, 0) for i in range(3)]
+    batch = obj.prepare(samples)
+    with torch.no_grad():
+        terms = obj.terms(batch)
+        weights = obj.model.adapters([obj.data.student(s).instruction for s in samples])
+    assert terms["l2"].weight == 0.25 and terms["l2"].per == "example"
+    expect = sum(update_sq_norms(weights.index([i])).item() for i in range(3))  # one adapter at a time
+    assert terms["l2"].value.item() == pytest.approx(expect, rel=1e-5)
+    assert expect > 0
+
+
+def test_l2_finetuning_shrinks_the_updates_it_penalises(tmp_path):
+    """The same tiny finetuning with and without the penalty: a strong one ends with smaller updates."""
+    norms = {}
+    for weight in (0, 100):
+        cfg, out, done = _ce_only_finetune(tmp_path / str(weight), 16, f"finetune.loss.l2={weight}")
+        assert ("l2" in done["losses"]["last"]) == (weight > 0)
+        model = TagiModel.load(out / "final", get_backbone(cfg))
+        tasks, _ = training_tasks(cfg)
+        with torch.no_grad():
+            weights = model.adapters([format_instruction(t, 0) for t in tasks])
+        norms[weight] = update_sq_norms(weights).mean().item()
+    assert norms[100] < 0.5 * norms[0]
 
 
 def test_mismatch_finetuning_trains_and_logs_the_term(tmp_path):

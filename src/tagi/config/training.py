@@ -53,7 +53,7 @@ class TrainConfig:
 @dataclass
 class LossConfig:
     """Weights of the finetuning objective L = w_ce*CE + w_kl*tau^2*KL + w_align*L_align
-    + w_mismatch*L_mismatch (0 = off)."""
+    + w_mismatch*L_mismatch + w_l2*L_l2 (0 = off)."""
 
     ce: float = field_(1.0, "Weight of the student's cross-entropy on the labels.")
     kl: float = field_(1.0, "Weight of KL(teacher^tau || student^tau) over label tokens.")
@@ -72,10 +72,15 @@ class LossConfig:
         "label token. Costs a second forward and backward pass per micro-batch.",
     )
     mismatch_margin: float = field_(0.2, "Margin of the mismatch hinge, in nats per label token.")
+    l2: float = field_(
+        0.0,
+        "Weight of the L2 penalty on the generated updates: the mean over examples of "
+        "sum_modules ||s*B@A||_F^2 (Text-to-LoRA's regulariser, on dW rather than on the factors).",
+    )
 
     def __post_init__(self) -> None:
         check(self.mismatch_margin >= 0, f"loss.mismatch_margin must be >= 0, got {self.mismatch_margin}")
-        for k in ("ce", "kl", "align", "mismatch"):
+        for k in ("ce", "kl", "align", "mismatch", "l2"):
             check(getattr(self, k) >= 0, f"loss.{k} must be >= 0, got {getattr(self, k)}")
         check(self.ce + self.kl + self.align > 0, "at least one loss weight must be > 0")
         check(self.temperature > 0, f"loss.temperature must be > 0, got {self.temperature}")

@@ -20,8 +20,9 @@
   label token: the generated adapter must carry what tells this task from the others.
 - CE, KL and mismatch are sums over label tokens divided by the label tokens of the optimiser step; ``L_align``
   (:func:`tagi.losses.align_loss`, ``delta`` or ``factors``) is a mean over the step's examples between
-  each example's generated adapter and its teacher adapter. A weight of 0 removes the term (not computed,
-  not logged).
+  each example's generated adapter and its teacher adapter; ``L_l2`` (``loss.l2 > 0``,
+  :func:`tagi.losses.update_sq_norms`) is the mean over the step's examples of the squared norm of the
+  example's generated update. A weight of 0 removes the term (not computed, not logged).
 
 ``finetune.task_group = k > 1`` draws micro-batches as chunks of ``k`` examples of one task with one
 instruction (:mod:`tagi.train.batching`); the chunk's adapter is generated once and, for decoder-only
@@ -52,7 +53,7 @@ from tagi.data.select import task_examples
 from tagi.data.sni import Task
 from tagi.errors import TagiError
 from tagi.lora import LoraWeights
-from tagi.losses import align_loss, ce_sum, kl_sum, kl_topk_sum, mismatch_sum, teacher_topk
+from tagi.losses import align_loss, ce_sum, kl_sum, kl_topk_sum, mismatch_sum, teacher_topk, update_sq_norms
 from tagi.model import InstructionCache, TagiModel
 from tagi.train import dist
 from tagi.train.batching import Sample
@@ -273,6 +274,8 @@ class DistillObjective:
             target = self.teachers.adapters(d["tasks"])  # [N]
             per_example_mean = align_loss(weights, target, self.loss.align_mode)
             out["align"] = Term(per_example_mean * batch.num_examples, self.loss.align, "example")
+        if self.loss.l2 > 0:  # one adapter per example, or one shared by a chunk's examples: the same mean
+            out["l2"] = Term(update_sq_norms(weights).mean() * batch.num_examples, self.loss.l2, "example")
         return out
 
 
