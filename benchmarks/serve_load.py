@@ -8,13 +8,16 @@
 
 The base model and hypernetwork (SmolLM2-135M-Instruct from ``tagi demo`` by default) are loaded once. For
 every cell (A distinct adapters, N concurrent clients) the script serves the same app on a free localhost
-port in four modes, one after the other, ``--rounds`` times (each round starting with the next mode):
+port in five modes, one after the other, ``--rounds`` times (each round starting with the next mode):
 
 - **batched**: the server's defaults: continuous batching, up to 16 rows decode together whatever their
   adapters, and requests that arrive meanwhile join the running batch in groups of 4 (or after 4 decode
-  steps), prefilled together as one packed row without padding;
-- **padded prefill**: the same, with joining rows left-padded to the longest (``packed_prefill=False``);
-- **join each step**: the same as batched, but each arriving request is prefilled at the next decode step
+  steps), prefilled as one packed row without padding in the same model call as the running rows' decode
+  step (``prefill="fused"``);
+- **separate prefill**: the same, with the packed prefill in a model call of its own before the step
+  (``prefill="packed"``);
+- **padded prefill**: the same, with joining rows left-padded to the longest (``prefill="padded"``);
+- **join each step**: the same as batched, but each arriving request joins at the next decode step
   (``join_min_rows=1``);
 - **one at a time**: ``max_batch=1``, each request decoded alone, as a server that merges one adapter into
   the weights per request must.
@@ -25,7 +28,7 @@ to adapter ``(c + i) mod A`` with an input of that adapter's built-in task. It r
 (completions/s, generated tokens/s), p50/p95 latency, errors (must be 0), the throughput ratios of batched
 to each other mode, whether every output equals ``Tagi.predict`` for the same adapter and input, and the
 worker's model calls by kind (from the ``tagi_batch_*`` metrics): rows per call, and the share of model
-time spent prefilling joining requests against decode steps.
+time in calls that prefill joining requests (alone or fused with a step) against plain decode steps.
 
 Each mode is reported by its round of median throughput; every round's throughput is kept, with the CPU
 time the hypervisor reports as stolen meanwhile (``steal_s``). This 2-core VM has spells of tens of
@@ -61,8 +64,9 @@ from tagi.serve.service import Limits, Service
 ROOT = Path(__file__).resolve().parents[1]
 # each mode's server settings: Limits.max_batch and the scheduler's join policy (tagi.serve.scheduler)
 MODES = {
-    "batched": {"max_batch": 16},  # the defaults: arriving rows join a running batch in groups, packed
-    "padded_prefill": {"max_batch": 16, "packed_prefill": False},  # ... prefilled left-padded instead
+    "batched": {"max_batch": 16},  # the defaults: arriving rows join a running batch in groups, fused
+    "separate_prefill": {"max_batch": 16, "prefill": "packed"},  # ... packed, in a call before the step
+    "padded_prefill": {"max_batch": 16, "prefill": "padded"},  # ... prefilled left-padded instead
     "join_each_step": {"max_batch": 16, "join_min_rows": 1},  # ... each at the next decode step
     "one_at_a_time": {"max_batch": 1},
 }
@@ -165,9 +169,14 @@ def measure(
         # model calls (decode steps and prefills of joining rows) and their mean rows: tagi_batch_size
         "model_calls": int(count),
         "mean_rows_per_call": round(sum(k["rows"] for k in kinds.values()) / count, 2) if count else None,
-        # the worker's time in model calls, and the share of it spent prefilling joining requests
+        # the worker's time in model calls, and the share of it in calls that prefill joining requests (a
+        # prefill of their own, or fused with the running rows' step)
         "model_busy_s": round(busy, 3),
-        "prefill_share": round(kinds.get("prefill", {}).get("seconds", 0.0) / busy, 3) if busy else None,
+        "prefill_share": round(
+            sum(kinds.get(k, {}).get("seconds", 0.0) for k in ("prefill", "fused")) / busy, 3
+        )
+        if busy
+        else None,
         "calls_by_kind": {k: {f: round(v, 3) for f, v in d.items()} for k, d in kinds.items()},
         "steal_s": steal,  # CPU seconds other guests of the host took meanwhile (host contention)
         "_outputs": run["outputs"],
@@ -228,6 +237,7 @@ def run_cell(tagi: Tagi, num_adapters: int, clients: int, args, pool: Pool) -> d
 
     return {"adapters": num_adapters, "clients": clients, "requests": clients * args.requests, "runs": runs,
             "throughput_ratio_batched_vs_one_at_a_time": ratio("one_at_a_time"),
+            "throughput_ratio_batched_vs_separate_prefill": ratio("separate_prefill"),
             "throughput_ratio_batched_vs_padded_prefill": ratio("padded_prefill"),
             "throughput_ratio_batched_vs_join_each_step": ratio("join_each_step")}  # fmt: skip
 
@@ -239,7 +249,8 @@ def print_cell(cell: dict) -> None:
               f"{str(r['outputs_equal_predict']):>6} {r['mean_rows_per_call']!s:>9} {r['prefill_share']!s:>8}",
               flush=True)  # fmt: skip
     print(f"{'':>8} {'':>7} {'ratio':>14} {cell['throughput_ratio_batched_vs_one_at_a_time']!s:>9}x vs one at a "
-          f"time, {cell['throughput_ratio_batched_vs_padded_prefill']!s}x vs padded prefill, "
+          f"time, {cell['throughput_ratio_batched_vs_separate_prefill']!s}x vs separate prefill, "
+          f"{cell['throughput_ratio_batched_vs_padded_prefill']!s}x vs padded prefill, "
           f"{cell['throughput_ratio_batched_vs_join_each_step']!s}x vs join each step", flush=True)  # fmt: skip
 
 

@@ -9,7 +9,15 @@ import torch
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
 from tagi.backbones import PromptExample
-from tagi.lora import AdapterError, LoraWeights, apply_lora, from_peft_state_dict, merged, to_peft_state_dict
+from tagi.lora import (
+    AdapterError,
+    LoraWeights,
+    apply_fused_lora,
+    apply_lora,
+    from_peft_state_dict,
+    merged,
+    to_peft_state_dict,
+)
 from tagi_testing import EPS32, assert_close64, float64_copy, random_adapter
 
 EXAMPLES = [
@@ -174,3 +182,45 @@ def test_packed_rows_each_get_their_own_adapter():
         pass
     with pytest.raises(AdapterError, match="packed LoRA mismatch"), apply_lora(model, w, token_rows=rows):
         model(torch.randn(2, 6, 5).double())
+
+
+@pytest.mark.parametrize("running_kind", ["per-row", "shared", "base"])
+@pytest.mark.parametrize("packed_kind", ["adapters", "base"])
+def test_a_fused_row_gives_running_and_packed_tokens_their_own_adapters(running_kind, packed_kind):
+    """``apply_fused_lora``: 3 running tokens (their own adapters, one shared, or none), then 2 + 1 packed
+    tokens over two adapters (or none), through a Linear: each token equals ``W x + s B A x`` with its own
+    adapter (float64)."""
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4)).double()
+    run = LoraWeights({"0": torch.randn(3, 2, 5).double()}, {"0": torch.randn(3, 4, 2).double()}, 1.5)
+    pack = LoraWeights({"0": torch.randn(2, 2, 5).double()}, {"0": torch.randn(2, 4, 2).double()}, 0.5)
+    running = {"per-row": run, "shared": run.index([1]), "base": None}[running_kind]
+    packed = pack if packed_kind == "adapters" else None
+    x = torch.randn(1, 6, 5).double()
+    rows = torch.tensor([0, 0, 1])
+    with torch.no_grad(), apply_fused_lora(model, 3, running, packed, rows):
+        got = model(x)
+    lin = model[0]
+    for t in range(6):
+        want = lin.weight @ x[0, t] + lin.bias
+        if t < 3 and running is not None:
+            want = want + running.delta("0")[t if running.batch_size > 1 else 0] @ x[0, t]
+        if t >= 3 and packed is not None:
+            want = want + packed.delta("0")[rows[t - 3]] @ x[0, t]
+        assert_close64(got[0, t], want)
+    assert not lin._forward_hooks  # nothing left behind
+
+
+def test_fused_lora_refuses_adapters_that_do_not_fit_the_rows():
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4)).double()
+    w = LoraWeights({"0": torch.randn(2, 2, 5).double()}, {"0": torch.randn(2, 4, 2).double()}, 1.0)
+    with (
+        pytest.raises(AdapterError, match="2 running adapters for 3"),
+        apply_fused_lora(model, 3, w, None, torch.tensor([0])),
+    ):
+        pass
+    with (
+        pytest.raises(AdapterError, match="token_rows"),
+        apply_fused_lora(model, 1, None, w, torch.tensor([2])),
+    ):
+        pass

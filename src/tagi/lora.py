@@ -16,6 +16,10 @@ Packed rows (several sequences concatenated into one row ``x: [1, T, in]``, toke
 
     y = y + s * (((x @ A_cat^T) * M) @ B_cat^T)    # token t sees only its own row's A_k and B_k
 
+A fused call (``tagi.backbones.fused``: a decode step and a packed prefill in one row ``[1, A + T]``) uses
+both: its first ``A`` tokens are one running row each, ``[A, 1, in]`` through the batched form with the
+running rows' own ``[A]`` adapters, and its last ``T`` tokens are packed rows (:func:`apply_fused_lora`).
+
 Adapters are applied by :func:`apply_lora`, a context manager that registers forward hooks on the target
 modules and removes them on exit, so no state survives the call (exceptions included). For one-task
 inference :func:`merged` adds ``s * B A`` into the weights and restores the exact original weights on exit.
@@ -156,21 +160,48 @@ def _lora_hook(a: torch.Tensor, b: torch.Tensor, scaling: float):
     return hook
 
 
-def _packed_lora_hook(a: torch.Tensor, b: torch.Tensor, scaling: float, select: torch.Tensor):
-    """The hook for packed rows: ``select [T, N r]`` keeps each token's own adapter block (module docstring)."""
+def _packed_factors(weights: LoraWeights, name: str, token_rows: torch.Tensor):
+    """``(A_cat [N r, in], B_cat [out, N r], M [T, N r])`` of one module for packed rows (module docstring)."""
+    a, b = weights.A[name], weights.B[name]
     n, r, d_in = a.shape
-    a_cat = a.reshape(n * r, d_in)  # [N r, in]
-    b_cat = b.permute(1, 0, 2).reshape(b.shape[1], n * r)  # [out, N r]
+    owner = torch.arange(n, device=token_rows.device).repeat_interleave(r)  # [N r]
+    select = (token_rows[:, None] == owner[None, :]).float()  # [T, N r]
+    return a.reshape(n * r, d_in), b.permute(1, 0, 2).reshape(b.shape[1], n * r), select
+
+
+def _packed_delta(x: torch.Tensor, factors, scaling: float) -> torch.Tensor:
+    """``s * (((x A_cat^T) * M) B_cat^T)`` for packed tokens ``x [1, T, in]`` -> ``[1, T, out]``."""
+    a_cat, b_cat, select = factors
+    if x.dim() != 3 or x.shape[0] != 1 or x.shape[1] != select.shape[0]:
+        raise AdapterError(
+            f"packed LoRA mismatch: input {tuple(x.shape)} for {select.shape[0]} packed tokens "
+            "(expected input [1, T, in])"
+        )
+    h = (x @ a_cat.t().to(x.dtype)) * select.to(x.dtype)  # [1, T, N r]
+    return scaling * (h @ b_cat.t().to(x.dtype))
+
+
+def _packed_lora_hook(factors, scaling: float):
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        return output + _packed_delta(inputs[0], factors, scaling)
+
+    return hook
+
+
+def _fused_lora_hook(rows: int, running: tuple | None, s_run: float, packed: tuple | None, s_pack: float):
+    """Tokens ``[0, rows)`` of ``x [1, rows + T, in]`` are one running row each (``running = (A, B)``,
+    ``[rows]`` or a shared ``[1]``); the others packed rows (``packed`` factors)."""
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-        x = inputs[0]  # [1, T, in]
-        if x.dim() != 3 or x.shape[0] != 1 or x.shape[1] != select.shape[0]:
-            raise AdapterError(
-                f"packed LoRA mismatch: input {tuple(x.shape)} for {select.shape[0]} packed tokens "
-                "(expected input [1, T, in])"
-            )
-        h = (x @ a_cat.t().to(x.dtype)) * select.to(x.dtype)  # [1, T, N r]
-        return output + scaling * (h @ b_cat.t().to(x.dtype))  # [1, T, out]
+        x = inputs[0]  # [1, rows + T, in]
+        run, pack = output[:, :rows], output[:, rows:]
+        if running is not None:
+            a, b = running
+            h = x[0, :rows, None] @ a.transpose(1, 2).to(x.dtype)  # [rows, 1, r]
+            run = run + s_run * (h @ b.transpose(1, 2).to(x.dtype)).transpose(0, 1)  # [1, rows, out]
+        if packed is not None:
+            pack = pack + _packed_delta(x[:, rows:], packed, s_pack)
+        return torch.cat([run, pack], 1)
 
     return hook
 
@@ -206,18 +237,62 @@ def apply_lora(
         yield
         return
     check_fits(model, weights)
-    select = None
     if token_rows is not None:
-        n, r = weights.batch_size, weights.rank
+        n = weights.batch_size
         if token_rows.dim() != 1 or (len(token_rows) and int(token_rows.max()) >= n):
             raise AdapterError(f"token_rows must be [T] indices into {n} adapters")
-        owner = torch.arange(n, device=token_rows.device).repeat_interleave(r)  # [N r]
-        select = (token_rows[:, None] == owner[None, :]).float()  # [T, N r]
+    s = weights.scaling
+    hooks = {
+        name: _lora_hook(weights.A[name], weights.B[name], s)
+        if token_rows is None
+        else _packed_lora_hook(_packed_factors(weights, name, token_rows), s)
+        for name in weights.names
+    }
+    with _hooked(model, hooks):
+        yield
+
+
+@contextmanager
+def apply_fused_lora(
+    model: nn.Module,
+    rows: int,
+    running: LoraWeights | None,
+    packed: LoraWeights | None,
+    token_rows: torch.Tensor,
+) -> Iterator[None]:
+    """LoRA for a fused call (``tagi.backbones.fused``): the model runs one row ``[1, rows + T]`` whose first
+    ``rows`` tokens are each a running row's (adapter ``running``: ``[rows]``, or ``[1]`` shared) and whose
+    last ``T`` tokens are packed rows, token ``rows + t`` using adapter ``token_rows[t]`` of ``packed``.
+    ``None`` is the base model for that part. No adapter is copied or stacked."""
+    if running is None and packed is None:
+        yield
+        return
+    names: dict[str, None] = {}
+    for w in (running, packed):
+        if w is not None:
+            check_fits(model, w)
+            names.update(dict.fromkeys(w.names))
+    if running is not None and running.batch_size not in (1, rows):
+        raise AdapterError(f"{running.batch_size} running adapters for {rows} running rows")
+    if packed is not None and len(token_rows) and int(token_rows.max()) >= packed.batch_size:
+        raise AdapterError(f"token_rows must be [T] indices into {packed.batch_size} adapters")
+    hooks = {}
+    for name in names:
+        run = (running.A[name], running.B[name]) if running is not None and name in running.A else None
+        pack = _packed_factors(packed, name, token_rows) if packed is not None and name in packed.A else None
+        s_run = running.scaling if running is not None else 0.0
+        s_pack = packed.scaling if packed is not None else 0.0
+        hooks[name] = _fused_lora_hook(rows, run, s_run, pack, s_pack)
+    with _hooked(model, hooks):
+        yield
+
+
+@contextmanager
+def _hooked(model: nn.Module, hooks: dict) -> Iterator[None]:
+    """Forward hooks on the named modules inside the block, all removed on exit (exceptions included)."""
     handles = []
     try:
-        for name in weights.names:
-            a, b, s = weights.A[name], weights.B[name], weights.scaling
-            hook = _lora_hook(a, b, s) if select is None else _packed_lora_hook(a, b, s, select)
+        for name, hook in hooks.items():
             handles.append(model.get_submodule(name).register_forward_hook(hook))
         yield
     finally:

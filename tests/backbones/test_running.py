@@ -84,12 +84,27 @@ def drive(batch, tap, schedule):
     return texts, order, tokens
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_rows_joining_a_running_batch_get_the_logits_of_their_own_sequence(backbones, packed):
+def fused_joins(batch):
+    """``batch.join`` as the server's fused join: into rows already decoding, one call that prefills the
+    joining rows (packed) and steps the running ones (``join_step``); into an empty batch, a packed join."""
+    plain = functools.partial(batch.join, packed=True)
+    return lambda *args: batch.join_step(*args) if len(batch) else plain(*args)
+
+
+@pytest.mark.parametrize(
+    ("how", "calls"),
+    [
+        ("padded", [2, 2, 2, 4, 1, 5, 5, 2, 2]),
+        ("packed", [2, 2, 2, 4, 1, 5, 5, 2, 2]),
+        ("fused", [2, 2, 4, 4, 5, 5, 3]),  # a join into running rows is their step too: running rows first
+    ],
+)
+def test_rows_joining_a_running_batch_get_the_logits_of_their_own_sequence(backbones, how, calls):
     """A batch of one shared adapter runs two steps; rows of another task (another prefix length) over two
     adapters join, then a base-model row: at every call each row's logits equal its whole sequence run
     alone, each row stops at its own limit, and its text equals the row decoded alone. Joining rows are
-    prefilled left-padded, or packed into one row without padding."""
+    prefilled left-padded, packed into one row without padding, or packed in the running rows' decode step
+    (one model call)."""
     bb = float64_copy(backbones["tiny-llama"])
     torch.manual_seed(3)
     w = random_adapter(bb, 3, scale=1.0, dtype=torch.float64)
@@ -101,7 +116,9 @@ def test_rows_joining_a_running_batch_get_the_logits_of_their_own_sequence(backb
         "c0": (PromptExample("", SRC[1], ""), None, 3),
     }
     batch, tap = endless(bb), LogitsTap(bb.model)
-    batch.join = functools.partial(batch.join, packed=packed)
+    batch.join = (
+        fused_joins(batch) if how == "fused" else functools.partial(batch.join, packed=how == "packed")
+    )
     try:
         texts, order, tokens = drive(batch, tap, [
             ("join", [rows["a0"][0], rows["a1"][0]], rows["a0"][1], "fuse", 7, None, ["a0", "a1"]),
@@ -118,7 +135,7 @@ def test_rows_joining_a_running_batch_get_the_logits_of_their_own_sequence(backb
             example, adapter, _ = rows[tag]
             assert_close64(logits[i : i + 1], alone_logits(bb, example, adapter, seen[tag]))
             seen[tag].append(int(logits[i].argmax()))
-    assert [len(t) for t in order] == [2, 2, 2, 4, 1, 5, 5, 2, 2]  # joins, steps, rows leaving at limits
+    assert [len(t) for t in order] == calls  # joins, steps, rows leaving at their limits
     for tag, (example, adapter, limit) in rows.items():
         assert len(tokens[tag]) == limit and texts[tag] == alone_text(bb, example, adapter, limit)
     assert not len(batch) and batch.rows is None

@@ -56,3 +56,13 @@ def test_impossible_numbers_are_one_error_line_before_loading(tmp_path, capsys, 
     assert cli_main(["serve", "--checkpoint", str(tmp_path / "nope"), flag, value]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {message}"]
+
+
+def test_prefill_takes_one_of_its_choices(tmp_path, capsys):
+    """A ``Literal`` parameter is an argparse choice: another value is refused by the parser (exit 2)."""
+    with pytest.raises(SystemExit) as e:
+        cli_main(["serve", "--checkpoint", str(tmp_path / "nope"), "--prefill", "chunked"])
+    assert e.value.code == 2
+    assert "argument --prefill: invalid choice: 'chunked'" in capsys.readouterr().err
+    assert cli_main(["serve", "--checkpoint", str(tmp_path / "nope"), "--prefill", "packed"]) == 2  # accepted
+    assert "checkpoint not found" in capsys.readouterr().err

@@ -81,14 +81,14 @@ def test_eight_concurrent_clients_on_four_adapters_equal_tagi_predict(server, ad
         assert output == predicted[adapters[i % 4], text]
 
 
-@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
-def test_requests_for_different_adapters_decode_in_one_batch(server, adapters, predicted, packed):
-    """8 queued rows over 4 adapters: one prefill (packed into one row by default, or left-padded), then
-    decode steps; every output equals ``tagi predict``."""
+@pytest.mark.parametrize("prefill", ["fused", "packed", "padded"])
+def test_requests_for_different_adapters_decode_in_one_batch(server, adapters, predicted, prefill):
+    """8 queued rows over 4 adapters: one prefill (packed into one row, or left-padded; nothing runs yet to
+    fuse it with), then decode steps; every output equals ``tagi predict``."""
     scheduler = server.service.scheduler
     calls, observe = [], scheduler.on_batch
-    assert scheduler.packed_prefill  # the server's default
-    scheduler.packed_prefill = packed
+    assert scheduler.prefill == "fused"  # the server's default
+    scheduler.prefill = prefill
     results, threads = {}, []
 
     def one(i: int) -> None:
@@ -105,7 +105,7 @@ def test_requests_for_different_adapters_decode_in_one_batch(server, adapters, p
         for t in threads:
             t.join(WAIT_S)
     finally:
-        scheduler.on_batch, scheduler.packed_prefill = observe, True
+        scheduler.on_batch, scheduler.prefill = observe, "fused"
     assert calls[0] == ("prefill", 8)  # one prefill of all 8 rows, then decode steps of those left
     steps = [rows for kind, rows in calls[1:]]
     assert all(kind == "decode" for kind, _ in calls[1:]) and max(steps, default=8) <= 8

@@ -170,6 +170,22 @@ class ScriptedBatch:
         self.left.update({t: (max_tokens, e.source) for t, e in zip(tags, examples)})
         return self._emit(tags)
 
+    def join_step(
+        self, examples, weights, mode, max_tokens, adapter_rows, tags, prefix_store=None, keys=None
+    ):
+        """As ``RunningBatch.join_step``: the running rows' step and the join in one call (running rows
+        first)."""
+        from tagi.backbones.running import Events
+
+        running = list(self.left)
+        self.joins.append(([e.source for e in examples], len(self.left)))
+        self.join_steps.append(self.steps)
+        self.steps += 1
+        stepped = self._emit(running)
+        self.left.update({t: (max_tokens, e.source) for t, e in zip(tags, examples)})
+        joined = self._emit(tags)
+        return Events(stepped.tokens + joined.tokens, stepped.finished + joined.finished)
+
     def step(self):
         if self.steps == 0:
             self.started.set()
@@ -276,6 +292,46 @@ def test_rows_join_a_running_batch_in_groups(running, arriving, max_batch, joine
     (batch,) = bb.batches
     assert batch.joins == [(first, 0), (sources, running)]  # one prefill for the group
     assert batch.join_steps == [0, joined_after_steps]
+
+
+@pytest.mark.parametrize(
+    ("prefill", "calls"),
+    [
+        ("fused", [("prefill", 2), ("decode", 2), ("fused", 3), ("decode", 3), ("decode", 1), ("decode", 1)]),
+        (
+            "packed",
+            [("prefill", 2), ("decode", 2), ("prefill", 1), ("decode", 3), ("decode", 3), ("decode", 1)],
+        ),
+    ],
+)
+def test_a_fused_join_is_the_running_rows_step(prefill, calls):
+    """Two rows (4 tokens) decode when one more (4 tokens) arrives: fused, it joins in the call that steps
+    the running two (one model call of 3 rows gives them their third token and it its first); packed, a
+    prefill of its own gives it its first, then a step of all three. The same texts either way."""
+    bb = ContinuousStub()
+    seen = []
+    scheduler = Scheduler(
+        bb,
+        batch_wait_s=0,
+        join_min_rows=1,
+        prefill=prefill,
+        on_batch=lambda kind, rows, s: seen.append((kind, rows)),
+    )
+    try:
+        first = scheduler.submit_rows([Row(None, "", src, "fuse", 4) for src in ("a", "b")])
+        assert bb.started.wait(WAIT_S)  # the first step waits for the gate
+        (late,) = scheduler.submit_rows([Row(None, "", "c", "fuse", 4)])
+        bb.gate.set()
+        assert [f.result(timeout=WAIT_S) for f in (*first, late)] == ["a", "b", "c"]
+    finally:
+        scheduler.close()
+    assert seen == calls
+    assert bb.batches[0].joins == [(["a", "b"], 0), (["c"], 2)]
+
+
+def test_prefill_setting_is_checked():
+    with pytest.raises(ValueError, match="prefill must be one of fused, packed, padded"):
+        Scheduler(StubBackbone(), prefill="chunked")
 
 
 @pytest.mark.parametrize(("min_rows", "max_steps"), [(0, 4), (4, -1)])

@@ -30,6 +30,7 @@ def test_smoke_run_writes_results(tmp_path, monkeypatch, capsys):
     assert (cell["adapters"], cell["clients"], cell["requests"]) == (2, 3, 6)
     assert [r["mode"] for r in cell["runs"]] == [
         "batched",
+        "separate_prefill",
         "padded_prefill",
         "join_each_step",
         "one_at_a_time",
@@ -40,7 +41,8 @@ def test_smoke_run_writes_results(tmp_path, monkeypatch, capsys):
     assert cell["throughput_ratio_batched_vs_one_at_a_time"] > 0
     assert cell["throughput_ratio_batched_vs_join_each_step"] > 0
     assert cell["throughput_ratio_batched_vs_padded_prefill"] > 0
-    one = cell["runs"][3]
+    assert cell["throughput_ratio_batched_vs_separate_prefill"] > 0
+    one = cell["runs"][4]
     assert one["mean_rows_per_call"] == 1  # max_batch=1: every request alone, one row per model call
     assert all(len(r["rounds_completions_per_s"]) == 1 for r in cell["runs"]) and result["rounds"] == 1
     assert result["total_errors"] == 0 and "command" in result and "ratio" in capsys.readouterr().out

@@ -13,9 +13,10 @@ A :class:`RunningBatch` holds ``A`` rows in the middle of decoding::
 (``packed=True``, :mod:`tagi.backbones.packing`) — samples their first token and appends them. The two
 caches are left-padded to one length after dropping leading columns no row uses: every row keeps its own
 keys and positions, and a masked column adds an exact zero to attention.
-:meth:`RunningBatch.step` feeds every row its last token. A row leaves as soon as it emits a stop token
-or reaches its ``max_new_tokens``; its cache, mask, position and adapter row go with it, so a step costs
-what the unfinished rows cost.
+:meth:`RunningBatch.step` feeds every row its last token; :meth:`RunningBatch.join_step` does both in one
+model call, the running rows' step and the new rows' packed prefill (:mod:`tagi.backbones.fused`). A row
+leaves as soon as it emits a stop token or reaches its ``max_new_tokens``; its cache, mask, position and
+adapter row go with it, so a step costs what the unfinished rows cost.
 
 ``CausalBackbone.generate`` is one join into an empty batch followed by steps until it is empty (no
 padding is ever added or dropped then). A server joins the requests that arrive while a batch decodes at
@@ -29,11 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 from tagi.backbones.base import pad_left, row_adapters, sample_next
-from tagi.backbones.packing import pack
+from tagi.backbones.fused import FusedCache, fused_attention_for
+from tagi.backbones.packing import Packed, pack
 from tagi.backbones.prefix_store import PrefixStore
-from tagi.lora import LoraWeights, apply_lora
+from tagi.lora import LoraWeights, apply_fused_lora, apply_lora
 
 
 @dataclass
@@ -146,6 +149,65 @@ class RunningBatch:
         return events
 
     @torch.no_grad()
+    def join_step(
+        self,
+        examples,
+        adapter: LoraWeights | None,
+        mode: str,
+        max_new_tokens: int,
+        adapter_rows: Sequence[int] | None = None,
+        tags: Sequence[Hashable] | None = None,
+        prefix_store: PrefixStore | None = None,
+        adapter_keys: Sequence[Hashable] | None = None,
+    ) -> Events:
+        """A decode step of the running rows and the packed prefill of ``examples`` in one model call
+        (:mod:`tagi.backbones.fused`): the running rows' next tokens and the new rows' first ones, as
+        :meth:`step` and ``join(..., packed=True)`` give them (arguments as :meth:`join`). Needs running rows
+        whose cache can take new ones (:attr:`can_join`) and at least one source token per example."""
+        n, bb, old = len(examples), self.bb, self.rows
+        if old is None or not self.can_join:
+            raise RuntimeError("a fused join needs a running batch whose cache can take rows")
+        suffixes = [bb.suffix_ids(e.source) for e in examples]
+        tags = list(range(n)) if tags is None else list(tags)
+        if not all(suffixes):  # a row with nothing to pack: the step, then a padded join
+            events = self.step()
+            joined = self.join(
+                examples, adapter, mode, max_new_tokens, adapter_rows, tags, prefix_store, adapter_keys
+            )
+            return Events(events.tokens + joined.tokens, events.finished + joined.finished)
+        adapter, groups = row_adapters(adapter, adapter_rows, n)
+        prefixes = [bb.prefix_ids(e.instruction, mode) for e in examples]
+        p = self._pack(prefixes, suffixes, groups, adapter, prefix_store, adapter_keys)
+        nxt, packed_cache = self._fused_forward(old, p, adapter)
+        a = len(old.tags)
+        events = self._advance(old, nxt[:a])  # the running cache grew in place (FusedCache)
+        new = _Rows(p.unpack(packed_cache), p.attn, p.last_pos, None, adapter, tags, [max_new_tokens] * n)
+        joined = self._advance(new, nxt[a:])
+        if new.tags:
+            self.rows = _merged(old, new) if old.tags else new
+        elif not old.tags:
+            self.rows = None
+        return Events(events.tokens + joined.tokens, events.finished + joined.finished)
+
+    def _fused_forward(self, old: _Rows, p: Packed, adapter: LoraWeights | None):
+        """One call for the running rows' pending tokens then the packed rows: ``(next tokens [A + K], the
+        packed cache [1, H, C + T, D])``; the running rows' cache gains its column in place."""
+        bb, a = self.bb, len(old.tags)
+        packed = p.cache if p.cache is not None else DynamicCache(config=bb.model.config)
+        per_row = adapter is not None and adapter.batch_size > 1
+        token_rows = p.token_rows if per_row else torch.zeros_like(p.token_rows)
+        with apply_fused_lora(bb.model, a, old.adapter, adapter, token_rows), fused_attention_for(bb.model):
+            out = bb.model(
+                input_ids=torch.cat([old.ids.T, p.ids], 1),  # [1, A + T]
+                attention_mask=p.mask,
+                position_ids=torch.cat([old.pos.T, p.pos], 1),
+                cache=FusedCache(packed, old.cache, old.attn),
+                use_cache=True,
+                logits_to_keep=torch.cat([torch.arange(a, device=bb.device), a + p.last]),
+            )
+        return sample_next(out.logits[0], self.temperature, self.top_p, self.generator), packed
+
+    @torch.no_grad()
     def step(self) -> Events:
         """One token for every row."""
         rows = self.rows
@@ -173,8 +235,7 @@ class RunningBatch:
         """As :meth:`_prefill_padded`, as one packed row (``tagi.backbones.packing``); the cache ``[K, H, L,
         D]`` and ``attn [K, L]`` come back left-padded, each row's keys contiguous."""
         bb = self.bb
-        kvs, rows = bb._prefix_kvs(prefixes, groups, adapter, store, keys) if prefixes[0] else ([], [])
-        p = pack(kvs, rows, suffixes, bb.model.config, bb.device, bb.model.dtype)
+        p = self._pack(prefixes, suffixes, groups, adapter, store, keys)
         per_row = adapter is not None and adapter.batch_size > 1
         with apply_lora(bb.model, adapter, p.token_rows if per_row else None):
             out = bb.model(
@@ -187,6 +248,14 @@ class RunningBatch:
             )
         nxt = sample_next(out.logits[0], self.temperature, self.top_p, self.generator)
         return nxt, p.unpack(out.cache), p.attn, p.last_pos
+
+    def _pack(self, prefixes, suffixes, groups, adapter, store, keys) -> Packed:
+        """The packed layout of rows with these prompt parts (``tagi.backbones.packing``)."""
+        bb = self.bb
+        if not all(suffixes):
+            raise ValueError("every packed row needs at least one source token")
+        kvs, rows = bb._prefix_kvs(prefixes, groups, adapter, store, keys) if prefixes[0] else ([], [])
+        return pack(kvs, rows, suffixes, bb.model.config, bb.device, bb.model.dtype)
 
     def _forward(self, ids, attn, pos, cache, adapter) -> tuple[torch.Tensor, Any]:
         with apply_lora(self.bb.model, adapter):

@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import os
 from pathlib import Path
+from typing import Literal
 
 from tagi.errors import TagiError
 
@@ -84,7 +85,7 @@ def serve(
     timeout: float = 120.0,
     join_min_rows: int = 4,
     join_max_steps: int = 4,
-    packed_prefill: bool = True,
+    prefill: Literal["fused", "packed", "padded"] = "fused",
     device: str = "cpu",
 ) -> int:
     """Serve instant adapters over HTTP: a web page at /, an OpenAI-compatible API under /v1.
@@ -106,8 +107,9 @@ def serve(
         join_min_rows: requests that arrive while a batch of at least this many rows decodes join it in
             groups of this many (one prefill for the group; 1 = each joins at the next step) ...
         join_max_steps: ... or once the oldest has waited this many decode steps.
-        packed_prefill: prefill the requests that join together as one sequence without padding (decoder-only
-            models); --no-packed-prefill pads them to the longest.
+        prefill: how requests join a running batch (decoder-only models): 'fused' prefills them as one
+            sequence without padding in the same model call as the running rows' decode step; 'packed' as
+            one sequence without padding, in a call of their own; 'padded' left-padded to the longest.
         device: torch device.
     """
     token = token or os.environ.get("TAGI_SERVE_TOKEN") or None
@@ -143,7 +145,7 @@ def serve(
         limits,
         join_min_rows=join_min_rows,
         join_max_steps=join_max_steps,
-        packed_prefill=packed_prefill,
+        prefill=prefill,
     )
     app = create_app(service, token=token, cors_origins=cors_origin or ())
     print(

@@ -1,8 +1,8 @@
 """Prometheus metrics of one server (its own registry, so several apps in one process do not collide).
 
 ``GET /metrics`` serves them in the Prometheus text format: requests by endpoint and status, request
-latency, rows and time per model call by kind (prefill of joining requests, decode step, or a whole
-batch), queue depth, cached adapters and their
+latency, rows and time per model call by kind (prefill of joining requests, decode step, both in one call,
+or a whole batch), queue depth, cached adapters and their
 bytes, adapter generation time, adapter requests answered from the cache, the prefix cache's hits,
 misses and size, and generated tokens. Requests refused for their body size (413, before any route runs)
 are counted under their endpoint too.
@@ -38,7 +38,8 @@ class Metrics:
         self.batch_size = Histogram(
             "tagi_batch_size",
             "rows in one model call, by kind: prefill (requests joining the running batch), decode (one step "
-            "of it), batch (a whole batch decoded start to end: T5, seeded requests)",
+            "of it), fused (a step of it and the requests joining it, in one call), batch (a whole batch "
+            "decoded start to end: T5, seeded requests)",
             ["kind"],
             buckets=BATCH_BUCKETS,
             registry=r,

@@ -14,10 +14,15 @@ decode steps, the rows that arrived meanwhile and decode under the same settings
 ``max_batch`` rows; a finished row leaves at once and its request gets its text. A new request therefore
 does not wait for the longest row of the batch ahead of it (iteration-level scheduling).
 
-**Prefilling in groups.** Joining costs a prefill, and rows prefilled in one call share the cost of reading
-the model's weights. They are packed into one row without padding (``packed_prefill``,
-:mod:`tagi.backbones.packing`): a joining row costs its own tokens, not the longest joining row's. A server that prefills every arriving row at the next step spends most of its time
-on one-row prefills when clients keep sending short requests (``benchmarks/serve_load.py`` measures it).
+**Prefilling in groups, fused with a step.** Joining costs a prefill, and rows prefilled in one call share
+the cost of reading the model's weights. They are packed into one row without padding
+(:mod:`tagi.backbones.packing`): a joining row costs its own tokens, not the longest joining row's. With
+``prefill="fused"`` (the default) that packed prefill and the running rows' decode step are one model call
+(:meth:`~tagi.backbones.running.RunningBatch.join_step`, :mod:`tagi.backbones.fused`): a call of a few
+tokens costs nearly what one of a hundred does on a CPU, so the step comes almost free. ``"packed"``
+prefills in a call of its own, then steps; ``"padded"`` left-pads the joining rows instead of packing them.
+A server that prefills every arriving row at the next step spends most of its time on one-row prefills when
+clients keep sending short requests (``benchmarks/serve_load.py`` measures it).
 So rows join a running batch when at least ``join_min_rows`` of them wait (or as many as there is room
 for), when fewer than ``join_min_rows`` rows are decoding (few requests in flight, few more to wait for),
 or when the oldest has waited ``join_max_steps`` decode steps; a new batch (nothing running) takes
@@ -97,6 +102,9 @@ class Task:
 
     fn: Callable[[], Any]
     future: Future = field(default_factory=Future)
+
+
+PREFILLS = ("fused", "packed", "padded")
 
 
 def batch_key(row: Row, family: str) -> tuple:
@@ -186,7 +194,7 @@ class Scheduler:
         join_max_steps: int = 4,
         on_batch: Callable[[str, int, float], None] | None = None,
         prefix_store: PrefixStore | None = None,
-        packed_prefill: bool = True,
+        prefill: str = "fused",
     ) -> None:
         self.backbone = backbone
         self.max_batch = max_batch
@@ -196,12 +204,15 @@ class Scheduler:
             raise ValueError(
                 f"join_min_rows must be >= 1 and join_max_steps >= 0, got {join_min_rows}, {join_max_steps}"
             )
+        if prefill not in PREFILLS:
+            raise ValueError(f"prefill must be one of {', '.join(PREFILLS)}, got {prefill!r}")
         self.join_min_rows, self.join_max_steps = join_min_rows, join_max_steps
         # (kind, rows in one model call, seconds it took); kind: "prefill" (rows joining the running batch),
-        # "decode" (one step of it) or "batch" (a start-to-end batch: T5, seeded rows)
+        # "decode" (one step of it), "fused" (both in one call: running + joining rows) or "batch" (a
+        # start-to-end batch: T5, seeded rows)
         self.on_batch = on_batch
         self.prefix_store = prefix_store  # instruction prefixes' caches kept across requests (decoder-only)
-        self.packed_prefill = packed_prefill  # joining rows prefilled as one row without padding
+        self.prefill = prefill  # how rows join a running batch (see the module docstring)
         # decoder-only backbones decode continuously: waiting rows join the running batch between steps
         self.continuous = callable(getattr(backbone, "running_batch", None))
         self._queue: deque[Row | Task] = deque()
@@ -312,38 +323,36 @@ class Scheduler:
             if rows and (not self.continuous or rows[0].seed is not None):
                 self._decode(rows)  # seeded rows (and seq2seq models) decode as one batch, start to end
             elif rows:
-                running = self._join(running, rows)
+                fuse = self.prefill == "fused" and running is not None and running.batch.can_join
+                running = self._join(running, rows, fuse)
+                if fuse:
+                    continue  # the running rows took their step in the same call
             if running is not None:
                 running = self._step(running)
 
-    def _join(self, running: _Running | None, rows: list[Row]) -> _Running | None:
-        """Prefill ``rows`` into the running batch (a new one when none runs)."""
+    def _join(self, running: _Running | None, rows: list[Row], fuse: bool = False) -> _Running | None:
+        """Prefill ``rows`` into the running batch (a new one when none runs); ``fuse``: in the same model
+        call as the running rows' next step (``RunningBatch.join_step``)."""
         first = rows[0]
         if running is None:
             batch = self.backbone.running_batch(first.temperature, first.top_p)
             running = _Running(batch, batch_key(first, self.backbone.family))
-        tags = running.add(rows, self._streams(rows))
+        size, tags = len(running.batch), running.add(rows, self._streams(rows))
         t0 = time.perf_counter()
         try:
             weights, adapter_rows, keys = stack_rows(rows)
             weights = weights.to(self.backbone.device) if weights is not None else None
             examples = [PromptExample(r.instruction, r.source, "") for r in rows]
-            events = running.batch.join(
-                examples,
-                weights,
-                "fuse",
-                first.max_tokens,
-                adapter_rows,
-                tags,
-                self.prefix_store,
-                keys,
-                packed=self.packed_prefill,
-            )
+            args = (examples, weights, "fuse", first.max_tokens, adapter_rows, tags, self.prefix_store, keys)
+            if fuse:
+                events = running.batch.join_step(*args)
+            else:
+                events = running.batch.join(*args, packed=self.prefill != "padded")
         except BaseException as e:  # noqa: BLE001 - every row of the batch gets the error
             log.exception("prefilling %d rows failed", len(rows))
             running.fail(e)
             return None
-        self._observe("prefill", len(rows), t0)
+        self._observe("fused" if fuse else "prefill", size + len(rows) if fuse else len(rows), t0)
         running.deliver(events)
         return running if len(running.batch) else None
 

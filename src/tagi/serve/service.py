@@ -71,7 +71,9 @@ class Service:
     batch_wait_s: float = 0.005
     join_min_rows: int = 4  # rows join a running batch in groups of this many (see tagi.serve.scheduler)
     join_max_steps: int = 4  # ... or once the oldest has waited this many decode steps
-    packed_prefill: bool = True  # joining rows prefilled as one row without padding (tagi.backbones.packing)
+    prefill: str = (
+        "fused"  # how rows join a running batch: "fused", "packed" or "padded" (tagi.serve.scheduler)
+    )
 
     def __post_init__(self) -> None:
         if self.tagi.model is None:
@@ -94,7 +96,7 @@ class Service:
             self.join_max_steps,
             on_batch=self.metrics.observe_batch,
             prefix_store=self.prefixes,
-            packed_prefill=self.packed_prefill,
+            prefill=self.prefill,
         )
         self.metrics.track(self.scheduler.depth, lambda: len(self.cache), lambda: self.cache.nbytes)
         if self.prefixes is not None:
