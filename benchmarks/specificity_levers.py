@@ -58,8 +58,8 @@ LEVERS = {
     "sentence-encoder": ["hyper.encoder=sentence", "finetune.use_pretrained=false"],
     # each example's own adapter must beat another training task's by 0.2 nats per label token
     "mismatch": ["finetune.loss.mismatch=1.0", "finetune.loss.mismatch_margin=0.2"],
-    # Text-to-LoRA's regulariser on the generated updates' squared norm (~25 from the pretrained
-    # hypernetwork): 0.02 x 25 = 0.5 nats, the size of the CE the finetuning removes
+    # Text-to-LoRA's regulariser on the generated updates' squared norm (541 at the first finetuning step
+    # from the pretrained hypernetwork, 1.6 at the last with this weight: see the README)
     "l2": ["finetune.loss.l2=0.02"],
     # the control: the hypernetwork reads one empty text for every task, i.e. one learned adapter
     "no-hypernet": ["finetune.hyper_input=empty", "finetune.loss.mismatch=0"],
