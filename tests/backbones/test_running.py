@@ -196,3 +196,29 @@ def test_a_cache_without_growing_layers_refuses_to_join(backbones):
     assert not batch.can_join
     with pytest.raises(RuntimeError, match="cannot take rows"):
         batch.join([PromptExample(INS, SRC[1], "")], None, "fuse", 4)
+
+
+def test_a_fused_join_with_an_empty_source_is_a_step_then_a_padded_join(backbones):
+    """A joining row with no source token cannot be packed: ``join_step`` then steps the running rows and
+    joins the rows padded, with exactly the events and texts of doing those two calls itself."""
+    bb = backbones["tiny-llama"]
+    torch.manual_seed(8)
+    w = random_adapter(bb, 2)
+    running = [PromptExample(INS, SRC[0], ""), PromptExample(INS2, SRC[1], "")]
+    joining = [PromptExample(INS, "", ""), PromptExample(INS2, SRC[2], "")]
+    assert not bb.suffix_ids("")  # the case itself: nothing to pack for the first joining row
+    runs = []
+    for fused in (True, False):
+        batch, texts, calls = endless(bb), {}, []
+        batch.join(running, w, "fuse", 5, [0, 1], ["r0", "r1"])
+        if fused:
+            events = [batch.join_step(joining, w, "fuse", 3, [0, 1], ["j0", "j1"])]
+        else:
+            events = [batch.step(), batch.join(joining, w, "fuse", 3, [0, 1], ["j0", "j1"])]
+        calls.append([t for e in events for t in e.tokens])
+        while len(batch):
+            e = batch.step()
+            calls.append(e.tokens)
+            texts.update(e.finished)
+        runs.append((calls, texts))
+    assert runs[0] == runs[1] and set(runs[0][1]) == {"r0", "r1", "j0", "j1"}
