@@ -160,12 +160,16 @@ def _lora_hook(a: torch.Tensor, b: torch.Tensor, scaling: float):
     return hook
 
 
-def _packed_factors(weights: LoraWeights, name: str, token_rows: torch.Tensor):
+def _token_select(token_rows: torch.Tensor, n: int, r: int) -> torch.Tensor:
+    """``M [T, N r]``: 1 where column block ``n`` is token ``t``'s own adapter (module docstring)."""
+    owner = torch.arange(n, device=token_rows.device).repeat_interleave(r)  # [N r]
+    return (token_rows[:, None] == owner[None, :]).float()
+
+
+def _packed_factors(weights: LoraWeights, name: str, select: torch.Tensor):
     """``(A_cat [N r, in], B_cat [out, N r], M [T, N r])`` of one module for packed rows (module docstring)."""
     a, b = weights.A[name], weights.B[name]
     n, r, d_in = a.shape
-    owner = torch.arange(n, device=token_rows.device).repeat_interleave(r)  # [N r]
-    select = (token_rows[:, None] == owner[None, :]).float()  # [T, N r]
     return a.reshape(n * r, d_in), b.permute(1, 0, 2).reshape(b.shape[1], n * r), select
 
 
@@ -242,12 +246,11 @@ def apply_lora(
         if token_rows.dim() != 1 or (len(token_rows) and int(token_rows.max()) >= n):
             raise AdapterError(f"token_rows must be [T] indices into {n} adapters")
     s = weights.scaling
-    hooks = {
-        name: _lora_hook(weights.A[name], weights.B[name], s)
-        if token_rows is None
-        else _packed_lora_hook(_packed_factors(weights, name, token_rows), s)
-        for name in weights.names
-    }
+    if token_rows is None:
+        hooks = {name: _lora_hook(weights.A[name], weights.B[name], s) for name in weights.names}
+    else:
+        select = _token_select(token_rows, weights.batch_size, weights.rank)  # once for every module
+        hooks = {name: _packed_lora_hook(_packed_factors(weights, name, select), s) for name in weights.names}
     with _hooked(model, hooks):
         yield
 
@@ -276,12 +279,13 @@ def apply_fused_lora(
         raise AdapterError(f"{running.batch_size} running adapters for {rows} running rows")
     if packed is not None and len(token_rows) and int(token_rows.max()) >= packed.batch_size:
         raise AdapterError(f"token_rows must be [T] indices into {packed.batch_size} adapters")
+    s_run = running.scaling if running is not None else 0.0
+    s_pack = packed.scaling if packed is not None else 0.0
+    select = _token_select(token_rows, packed.batch_size, packed.rank) if packed is not None else None
     hooks = {}
     for name in names:
         run = (running.A[name], running.B[name]) if running is not None and name in running.A else None
-        pack = _packed_factors(packed, name, token_rows) if packed is not None and name in packed.A else None
-        s_run = running.scaling if running is not None else 0.0
-        s_pack = packed.scaling if packed is not None else 0.0
+        pack = _packed_factors(packed, name, select) if packed is not None and name in packed.A else None
         hooks[name] = _fused_lora_hook(rows, run, s_run, pack, s_pack)
     with _hooked(model, hooks):
         yield

@@ -73,23 +73,24 @@ def kl_topk_sum(student: torch.Tensor, idx: torch.Tensor, log_pt: torch.Tensor, 
     return tau**2 * (log_pt.exp() * (log_pt - log_ps)).sum()
 
 
+def _inner(a1, b1, a2, b2) -> torch.Tensor:
+    """``<B1 A1, B2 A2>_F`` per example ``[N]`` via ``r x r`` Grams: ``sum((B1^T B2) * (A1 A2^T))``."""
+    return (b1.transpose(1, 2) @ b2 * (a1 @ a2.transpose(1, 2))).sum((1, 2))
+
+
 def update_sq_norms(weights: LoraWeights) -> torch.Tensor:
-    """``[N]``: ``sum_modules ||s B_n A_n||_F^2`` per adapter, with ``||B A||^2 = tr((B^T B)(A A^T))``."""
+    """``[N]``: ``sum_modules ||s B_n A_n||_F^2`` per adapter (``||B A||^2 = <B A, B A>``)."""
     total = None
     for name in weights.names:
         a, b = weights.A[name].float(), weights.B[name].float()  # [N, r, in], [N, out, r]
-        sq = (b.transpose(1, 2) @ b * (a @ a.transpose(1, 2))).sum((1, 2))  # [N]
+        sq = _inner(a, b, a, b)
         total = sq if total is None else total + sq
     return weights.scaling**2 * total
 
 
 def _delta_sq_dist(ga, gb, sg, ta, tb, st) -> torch.Tensor:
     """``||sg*gb@ga - st*tb@ta||_F^2`` per example via Gram matrices: ga [N,r,in], gb [N,out,r]."""
-    gram = lambda x, y: x @ y.transpose(1, 2)  # noqa: E731
-    # ||B A||^2 = tr((B^T B)(A A^T)); <B A, B' A'> = tr((B^T B')(A' A^T))
-    gg = (gb.transpose(1, 2) @ gb * gram(ga, ga)).sum((1, 2))
-    tt = (tb.transpose(1, 2) @ tb * gram(ta, ta)).sum((1, 2))
-    gt = ((gb.transpose(1, 2) @ tb) * gram(ga, ta)).sum((1, 2))
+    gg, tt, gt = _inner(ga, gb, ga, gb), _inner(ta, tb, ta, tb), _inner(ga, gb, ta, tb)
     return (sg**2 * gg + st**2 * tt - 2 * sg * st * gt).clamp_min(0.0)
 
 
