@@ -22,6 +22,10 @@ port in five modes, one after the other, ``--rounds`` times (each round starting
 - **one at a time**: ``max_batch=1``, each request decoded alone, as a server that merges one adapter into
   the weights per request must.
 
+The model is loaded, and the ``Tagi.predict`` references computed, on threads that end, as ``tagi serve``
+loads (``tagi.serve.runner.on_own_thread``): each server's worker thread then owns the process's only
+OpenMP pool (``benchmarks/openmp_pools.py`` measures what a second one costs).
+
 N client threads, in a process of their own (as real clients: they share the CPU with the server, not its
 interpreter), each send ``--requests`` completions (greedy, ``max_tokens``), client c's i-th request going
 to adapter ``(c + i) mod A`` with an input of that adapter's built-in task. It records throughput
@@ -58,7 +62,7 @@ from benchtools import provenance
 from tagi import Tagi
 from tagi.data.builtin import BUILTIN_TEST, make_builtin_task
 from tagi.serve.app import create_app
-from tagi.serve.runner import ServerThread
+from tagi.serve.runner import ServerThread, on_own_thread
 from tagi.serve.service import Limits, Service
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,7 +225,8 @@ def run_cell(tagi: Tagi, num_adapters: int, clients: int, args, pool: Pool) -> d
         make_builtin_task(BUILTIN_TEST[k % len(BUILTIN_TEST)], 1).definition for k in range(num_adapters)
     ]
     plan = workload(num_adapters, clients, args.requests)
-    ref = reference(tagi, instructions, plan, args.max_tokens)
+    # on a thread that ends, as tagi serve loads: each server's worker keeps the only OpenMP pool (runner.py)
+    ref = on_own_thread(reference, tagi, instructions, plan, args.max_tokens)
     order, by_mode = list(MODES), {mode: [] for mode in MODES}
     for i in range(args.rounds):  # each round starts with the next mode: a slow spell hits every mode alike
         for mode in order[i % len(order) :] + order[: i % len(order)]:
@@ -289,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     load_start, t_start = os.getloadavg()[0], time.perf_counter()
-    tagi = Tagi.from_checkpoint(args.checkpoint)
+    tagi = on_own_thread(Tagi.from_checkpoint, args.checkpoint)  # on a thread that ends: see run_cell
     print(f"{'adapters':>8} {'clients':>7} {'mode':>14} {'compl/s':>9} {'tok/s':>8} {'p50 ms':>9} {'p95 ms':>9} "
           f"{'errors':>6} {'=pred':>6} {'rows/call':>9} {'prefill':>8}")  # fmt: skip
     cells, skipped = [], []

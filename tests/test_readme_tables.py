@@ -138,6 +138,18 @@ def serve_rows(srcs: list[dict]) -> dict:
     return rows
 
 
+def pool_rows(srcs: list[dict]) -> dict:
+    """benchmarks/openmp_pools.py: per shape, ms with the model loaded on the main thread, on a thread that
+    ended, and their ratio; then the CPU cores used."""
+    main, ended = (
+        srcs[0]["median_ms"][s] for s in ("loaded on the main thread", "loaded on a thread that ended")
+    )
+    rows = {shape: [None, [main[shape]], [ended[shape]], [srcs[0]["ratio_main_vs_ended"][shape]]]
+            for shape in srcs[0]["shapes"]}  # fmt: skip
+    rows["CPU cores used"] = [None, [main["cpu_cores_used"]], [ended["cpu_cores_used"]], None]
+    return rows
+
+
 def lever_rows(srcs: list[dict]) -> dict:
     return {
         name: [
@@ -226,6 +238,7 @@ TABLES |= {
     "prefix cache off: adapters × clients": Table(
         ("benchmarks/results/serve_load_no_prefix_cache.json",), serve_rows
     ),
+    "model call on the worker thread": Table(("benchmarks/results/openmp_pools.json",), pool_rows),
     "lever (CE only, 128 steps, task_group 4)": Table(
         ("benchmarks/results/specificity_levers.json",), lever_rows
     ),

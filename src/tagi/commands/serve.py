@@ -128,7 +128,7 @@ def serve(
 
     from tagi import Tagi
     from tagi.serve.app import create_app
-    from tagi.serve.runner import uvicorn_config
+    from tagi.serve.runner import on_own_thread, uvicorn_config
     from tagi.serve.service import Limits, Service
 
     limits = Limits(
@@ -140,8 +140,9 @@ def serve(
         cache_bytes=cache_mb * 2**20,
         prefix_cache_bytes=prefix_cache_mb * 2**20,
     )
+    # loaded on a thread that ends, so that the scheduler's worker owns the only OpenMP pool (runner.py)
     service = Service(
-        Tagi.from_checkpoint(path, device=device),
+        on_own_thread(Tagi.from_checkpoint, path, device=device),
         limits,
         join_min_rows=join_min_rows,
         join_max_steps=join_max_steps,

@@ -11,7 +11,8 @@ One process loads the base model and the hypernetwork once. The pieces:
 - :mod:`tagi.serve.service` — requests -> model work, limits, timeouts (no HTTP);
 - :mod:`tagi.serve.app`, :mod:`tagi.serve.openai_api` — FastAPI routes, OpenAI request/response shapes,
   bearer token, body limit, CORS, JSON errors; :mod:`tagi.serve.metrics` — Prometheus;
-- :mod:`tagi.serve.runner` — uvicorn in the foreground or a background thread;
+- :mod:`tagi.serve.runner` — uvicorn in the foreground or a background thread; model work outside the
+  worker (loading) on a thread that ends, so the worker's OpenMP pool is the process's only one;
 - ``static/`` — the web page (HTML + one script + CSS, no build step, no CDN).
 
 The command is :func:`tagi.commands.serve.serve`.

@@ -1,13 +1,26 @@
 """Running the app with uvicorn: in the foreground (``tagi serve``) or in a background thread (tests,
-benchmarks), on a port the OS picks when none is given."""
+benchmarks), on a port the OS picks when none is given; and :func:`on_own_thread` for the model work a
+serving process does outside the scheduler's worker (loading the model, say).
+
+Why that matters on a CPU: with torch's OpenMP build, every thread that runs parallel torch work keeps its
+own OpenMP thread pool for as long as it lives. Once two pools exist (the loading thread's and the worker's)
+libgomp manages more threads than there are cores and switches every barrier to a short, throttled spin,
+so each parallel region waits on a sleeping thread: on the 2-core reference machine a model call on the
+worker then uses about 1.5 of the 2 cores and takes 1.3-1.6x longer (``benchmarks/openmp_pools.py``). A
+thread that ends takes its pool with it, so loading on one leaves the worker's pool the only one.
+"""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import uvicorn
+
+T = TypeVar("T")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -15,6 +28,25 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def on_own_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` on a thread that ends when it returns (the module docstring says why): its
+    result, or its exception re-raised here."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["error"] = e
+
+    thread = threading.Thread(target=run, name="tagi-load")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def uvicorn_config(app, host: str, port: int) -> uvicorn.Config:
