@@ -41,7 +41,7 @@ def on_own_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         except BaseException as e:  # noqa: BLE001 - handed to the caller
             box["error"] = e
 
-    thread = threading.Thread(target=run, name="tagi-load")
+    thread = threading.Thread(target=run, name="tagi-load", daemon=True)  # Ctrl-C while loading still exits
     thread.start()
     thread.join()
     if "error" in box:

@@ -5,7 +5,10 @@ decoder-only model with a prefix store, the adapter's instruction prefix, both o
 ``lookup`` (an id -> cached adapter, regenerated if it was evicted) and ``complete``
 (inputs -> :class:`~tagi.serve.scheduler.Row` s -> outputs, awaited with the request timeout). Every limit
 is checked here and reported as :class:`ApiError` (status, message, type), which the app turns into a JSON
-error body. The model is only ever used on the scheduler's worker thread.
+error body. The model is only ever used on the scheduler's worker thread. Load the ``Tagi`` on a thread
+that ends (``tagi.serve.runner.on_own_thread(Tagi.from_checkpoint, path)``, as ``tagi serve`` does) and do no
+other torch work meanwhile, so that the worker's OpenMP pool is the process's only one (``runner.py`` says
+why; a second one made every model call 1.3-1.6x slower on the reference machine).
 """
 
 from __future__ import annotations
