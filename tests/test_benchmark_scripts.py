@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "sni_smollm2.py"
 
@@ -149,3 +150,44 @@ def test_specificity_levers_smoke_run(tmp_path):
     again = json.loads(out.read_text())["levers"]
     assert again == {n: rows[n] for n in ("base", "no-hypernet")}
     assert [k.stat().st_mtime_ns for k in kept] == stamps
+
+
+@pytest.fixture
+def layout(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # the script imports benchtools as a sibling
+    spec = importlib.util.spec_from_file_location("weight_layout", SCRIPT.parent / "weight_layout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_weight_layout_smoke_run(layout, tmp_path):
+    """``benchmarks/weight_layout.py --smoke``: every shape measured for both copies, every linear layer
+    but the output head stored input-major, and both copies give the same logits up to float rounding
+    (the same weights in another memory order; speed is not checked)."""
+    from tagi.backbones import load_backbone
+    from tagi.config import ModelConfig
+
+    out = tmp_path / "layout.json"
+    assert layout.main(["--smoke", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["shapes"]) == set(layout.SHAPES)
+    for row in result["shapes"].values():
+        assert row["ms"]["as loaded"] > 0 and row["ms"]["input-major"] > 0
+        assert row["max_abs_logit_diff"] < 1e-4
+    model = load_backbone(ModelConfig(name="tiny-llama")).model
+    head = model.get_output_embeddings()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    assert result["linear_layers_relaid"] == len(linears) > 0
+
+
+def test_input_major_keeps_values_and_shapes(layout):
+    """The relayout changes memory order only: each weight keeps its shape and values, and is now
+    column-major (its transpose is contiguous)."""
+    lin = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Linear(4, 3))
+    before = [m.weight.detach().clone() for m in lin]
+    lin.get_output_embeddings = lambda: None  # a stand-in: no output head to skip
+    assert layout.input_major(lin) == 2
+    for m, w in zip(lin, before, strict=True):
+        assert m.weight.shape == w.shape and torch.equal(m.weight, w)
+        assert not m.weight.is_contiguous() and m.weight.t().is_contiguous()
