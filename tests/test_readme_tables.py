@@ -150,6 +150,17 @@ def pool_rows(srcs: list[dict]) -> dict:
     return rows
 
 
+def teacher_rows(srcs: list[dict]) -> dict:
+    """benchmarks/teacher_quality.py: token-weighted held-out CE per model; groups the teacher beats it in."""
+    s = srcs[0]["summary"]
+    n, ce = s["groups"], s["ce"]
+    return {
+        "base model": [None, [ce["base"]], [s["teacher_beats_base"], n]],
+        "multitask-lora": [None, [ce["multitask-lora"]], [s["teacher_beats_multitask"], n]],
+        "category teacher": [None, [ce["teacher"]], None],
+    }
+
+
 def lever_rows(srcs: list[dict]) -> dict:
     return {
         name: [
@@ -237,6 +248,9 @@ TABLES |= {
     "adapters × clients": Table(("benchmarks/results/serve_load.json",), serve_rows),
     "prefix cache off: adapters × clients": Table(
         ("benchmarks/results/serve_load_no_prefix_cache.json",), serve_rows
+    ),
+    "held-out instances of the training tasks": Table(
+        ("benchmarks/results/teacher_quality.json",), teacher_rows
     ),
     "model call on the worker thread": Table(("benchmarks/results/openmp_pools.json",), pool_rows),
     "lever (CE only, 128 steps, task_group 4)": Table(
