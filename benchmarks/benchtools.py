@@ -23,6 +23,15 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def write_results(path: str | Path, result: dict[str, Any]) -> None:
+    """Write a results file (indented JSON, folders made) and say where."""
+    import json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"results: {path}")
+
+
 def missing_sni_dir(path: str) -> bool:
     """Print the one-line error for a missing SNI folder; ``True`` when it is missing (exit with 2)."""
     if Path(path).is_dir():

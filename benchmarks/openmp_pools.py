@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchtools import provenance
+from benchtools import provenance, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"decode 1 row": (1, 1), "decode 8 rows": (8, 1), "prefill 25 tokens": (1, 25),
@@ -125,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
               "rounds": args.rounds, "shapes": {k: list(v) for k, v in SHAPES.items()}, "median_ms": table,
               "ratio_main_vs_ended": ratios, "runs": runs,
               **provenance("openmp_pools.py", argv, args.threads, load_start)}  # fmt: skip
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"results: {args.out}")
+    write_results(args.out, result)
     return 0
 
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from benchtools import missing_sni_dir, provenance
+from benchtools import missing_sni_dir, provenance, write_results
 from sni_smollm2 import relative_paths
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,9 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                "wall_time_s": round(time.perf_counter() - t0, 1),
                **provenance("teacher_quality.py", argv, 2, load_start)}  # fmt: skip
     print(json.dumps(result["summary"]))
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(json.dumps(relative_paths(result), indent=2) + "\n")
-    print(f"results: {args.results}")
+    write_results(args.results, relative_paths(result))
     return 0
 
 

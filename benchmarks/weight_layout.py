@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -30,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from benchtools import provenance
+from benchtools import provenance, write_results
 
 from tagi.backbones import load_backbone
 from tagi.config import ModelConfig
@@ -96,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['max_abs_logit_diff']:>13.2e}", flush=True)  # fmt: skip
     result = {"model": args.model, "linear_layers_relaid": relaid, "repeats": args.repeats, "shapes": rows,
               **provenance("weight_layout.py", argv, args.threads, load_start)}  # fmt: skip
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"results: {args.out}")
+    write_results(args.out, result)
     return 0
 
 

@@ -152,13 +152,18 @@ def test_specificity_levers_smoke_run(tmp_path):
     assert [k.stat().st_mtime_ns for k in kept] == stamps
 
 
-@pytest.fixture
-def layout(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # the script imports benchtools as a sibling
-    spec = importlib.util.spec_from_file_location("weight_layout", SCRIPT.parent / "weight_layout.py")
+def script(name: str, monkeypatch):
+    """``benchmarks/<name>.py`` as a module (its siblings importable by name, as when it runs)."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def layout(monkeypatch):
+    return script("weight_layout", monkeypatch)
 
 
 def test_weight_layout_smoke_run(layout, tmp_path):
@@ -195,11 +200,7 @@ def test_input_major_keeps_values_and_shapes(layout):
 
 @pytest.fixture
 def teachers_bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # the script imports its siblings by name
-    spec = importlib.util.spec_from_file_location("teacher_quality", SCRIPT.parent / "teacher_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script("teacher_quality", monkeypatch)
 
 
 TINY_TEACHERS = ["teachers.train.max_steps=2", "evaluate.multitask_steps=2"]
