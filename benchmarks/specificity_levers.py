@@ -10,6 +10,8 @@ setting the validation split chose over distillation, see the README's ablations
 For each lever the hypernetwork is pretrained (shared by levers with the same ``hyper`` settings) and
 finetuned for ``--steps`` steps (a run folder per lever and step count, so runs of other lengths are kept);
 ``no-hypernet`` is the control, one learned adapter (the hypernetwork reads one empty text for every task).
+A lever that distils (``distill``) first trains the category teachers it distils from, on the same training
+tasks (``<run>/teachers``, shared by levers with the same teacher settings).
 Then, on the first ``--val-instances`` instances of the held-out *training* tasks (never test tasks; 8
 single tasks by default, ``--set data.validation_by=category data.validation_tasks=16`` holds out whole
 categories instead), it reports:
@@ -61,6 +63,10 @@ LEVERS = {
     # Text-to-LoRA's regulariser on the generated updates' squared norm (541 at the first finetuning step
     # from the pretrained hypernetwork, 1.6 at the last with this weight: see the README)
     "l2": ["finetune.loss.l2=0.02"],
+    # the headline's distillation (KL 1.0, alignment 0.1) from category teachers of 8 steps instead of 2:
+    # teachers that beat the multi-task LoRA on held-out instances of their own tasks in most groups
+    # (benchmarks/teacher_quality.py --set teachers.train.max_steps=8); trained on this split's training tasks
+    "distill": ["finetune.loss.kl=1.0", "finetune.loss.align=0.1", "teachers.train.max_steps=8"],
     # the control: the hypernetwork reads one empty text for every task, i.e. one learned adapter
     "no-hypernet": ["finetune.hyper_input=empty", "finetune.loss.mismatch=0"],
     # prompt dropout's control: one learned adapter; dropped examples then see no instruction at all
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from tagi.backbones import load_backbone
     from tagi.config import to_dict
-    from tagi.train.stages import run_finetune, run_pretrain
+    from tagi.train.stages import run_finetune, run_pretrain, run_teachers
 
     load_start = os.getloadavg()[0]
     rows, configs, backbone = {}, {}, None
@@ -159,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         if cfg.finetune.use_pretrained:
             run_pretrain(cfg, backbone)
+        if cfg.finetune.loss.uses_teachers:
+            run_teachers(cfg, backbone)  # <run>/teachers, shared by levers with the same teachers settings
         run_finetune(cfg, backbone, out_dir=folder)
         rows[name] = cached_measure(cfg, folder, backbone, args.val_instances, t0)
         configs[name] = to_dict(cfg)

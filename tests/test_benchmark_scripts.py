@@ -152,6 +152,31 @@ def test_specificity_levers_smoke_run(tmp_path):
     assert [k.stat().st_mtime_ns for k in kept] == stamps
 
 
+def test_specificity_levers_distill_trains_its_teachers(tmp_path, monkeypatch):
+    """The ``distill`` lever trains the category teachers it distils from (with its own step count, in the
+    run folder) and finetunes with the KL and alignment terms switched on; CE-only levers train none."""
+    levers = script("specificity_levers", monkeypatch)
+    out, run = tmp_path / "levers.json", tmp_path / "run"
+    common = ["--config", str(SCRIPT.parents[1] / "configs" / "tiny.yaml"), "--steps", "4", "--out", str(run),
+              "--results", str(out), "--val-instances", "2", "--set", "data.validation_tasks=3",
+              "data.max_train_tasks=8", "pretrain.train.max_steps=2"]  # fmt: skip
+    assert levers.main([*common, "--levers", "base"]) == 0
+    assert not (run / "hyper-default" / "teachers").exists()
+    assert levers.main([*common, "--levers", "distill"]) == 0
+    index = json.loads((run / "hyper-default" / "teachers" / "index.json").read_text())
+    metas = [
+        json.loads((run / "hyper-default" / "teachers" / f / "tagi.json").read_text())
+        for f in index["groups"].values()
+    ]
+    assert metas and all(m["train"]["steps"] == 8 for m in metas)
+    log = [
+        json.loads(line) for line in (run / "hyper-default" / "finetune-distill-4steps" / "log.jsonl").open()
+    ]
+    train = [row for row in log if "split" not in row]  # the finetuning's own rows, not its validation
+    assert train and all(row["kl"] > 0 and row["align"] > 0 for row in train)
+    assert set(json.loads(out.read_text())["levers"]) == {"distill"}
+
+
 def script(name: str, monkeypatch):
     """``benchmarks/<name>.py`` as a module (its siblings importable by name, as when it runs)."""
     monkeypatch.syspath_prepend(str(SCRIPT.parent))

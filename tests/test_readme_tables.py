@@ -152,12 +152,12 @@ def pool_rows(srcs: list[dict]) -> dict:
 
 def teacher_rows(srcs: list[dict]) -> dict:
     """benchmarks/teacher_quality.py: token-weighted held-out CE per model; groups the teacher beats it in."""
-    s = srcs[0]["summary"]
+    s, steps = srcs[0]["summary"], srcs[0]["teacher_steps"]
     n, ce = s["groups"], s["ce"]
     return {
         "base model": [None, [ce["base"]], [s["teacher_beats_base"], n]],
         "multitask-lora": [None, [ce["multitask-lora"]], [s["teacher_beats_multitask"], n]],
-        "category teacher": [None, [ce["teacher"]], None],
+        f"category teacher{'' if steps == 2 else f', {steps} steps'}": [None, [ce["teacher"]], None],
     }
 
 
@@ -252,6 +252,9 @@ TABLES |= {
     "held-out instances of the training tasks": Table(
         ("benchmarks/results/teacher_quality.json",), teacher_rows
     ),
+    "held-out instances of the training tasks, teachers of 8 steps": Table(
+        ("benchmarks/results/teacher_quality_8steps.json",), teacher_rows
+    ),
     "model call on the worker thread": Table(("benchmarks/results/openmp_pools.json",), pool_rows),
     "lever (CE only, 128 steps, task_group 4)": Table(
         ("benchmarks/results/specificity_levers.json",), lever_rows
@@ -267,6 +270,9 @@ TABLES |= {
     ),
     "lever (CE only, 128 steps, task_group 4, held-out categories, with the L2 penalty)": Table(
         ("benchmarks/results/specificity_levers_l2.json",), lever_rows
+    ),
+    "lever (128 steps, task_group 4, held-out categories, distilling from 8-step teachers)": Table(
+        ("benchmarks/results/specificity_levers_distill.json",), lever_rows
     ),
 }
 UNCHECKED = {"module"}  # tables without results (the design table)
