@@ -89,7 +89,9 @@ def test_a_packed_join_gives_every_row_the_logits_of_its_prompt_alone(backbones)
     batch = bb.running_batch()
     batch.stop = torch.tensor([], dtype=torch.long)
     try:
-        events = batch.join(examples, w, "fuse", 3, groups, None, store, ["one", "two", "base"], packed=True)
+        events = batch.join(
+            examples, w, "fuse", 3, groups, None, store, ["one", "two", "base"], prefill="packed"
+        )
         step = batch.step()
     finally:
         handle.remove()
@@ -120,7 +122,8 @@ def test_packed_and_padded_joins_decode_the_same_text(backbones):
     texts = {}
     for packed in (False, True):
         batch, out = bb.running_batch(), {}
-        out.update(batch.join(examples, w, "fuse", 6, [0, 0, 0, 1], packed=packed).finished)
+        how = "packed" if packed else "padded"
+        out.update(batch.join(examples, w, "fuse", 6, [0, 0, 0, 1], prefill=how).finished)
         while len(batch):
             out.update(batch.step().finished)
         texts[packed] = [out[i] for i in range(len(examples))]

@@ -84,13 +84,6 @@ def drive(batch, tap, schedule):
     return texts, order, tokens
 
 
-def fused_joins(batch):
-    """``batch.join`` as the server's fused join: into rows already decoding, one call that prefills the
-    joining rows (packed) and steps the running ones (``join_step``); into an empty batch, a packed join."""
-    plain = functools.partial(batch.join, packed=True)
-    return lambda *args: batch.join_step(*args) if len(batch) else plain(*args)
-
-
 @pytest.mark.parametrize(
     ("how", "calls"),
     [
@@ -116,9 +109,7 @@ def test_rows_joining_a_running_batch_get_the_logits_of_their_own_sequence(backb
         "c0": (PromptExample("", SRC[1], ""), None, 3),
     }
     batch, tap = endless(bb), LogitsTap(bb.model)
-    batch.join = (
-        fused_joins(batch) if how == "fused" else functools.partial(batch.join, packed=how == "packed")
-    )
+    batch.join = functools.partial(batch.join, prefill=how)  # "fused": a join into an empty batch is packed
     try:
         texts, order, tokens = drive(batch, tap, [
             ("join", [rows["a0"][0], rows["a1"][0]], rows["a0"][1], "fuse", 7, None, ["a0", "a1"]),
@@ -199,7 +190,7 @@ def test_a_cache_without_growing_layers_refuses_to_join(backbones):
 
 
 def test_a_fused_join_with_an_empty_source_is_a_step_then_a_padded_join(backbones):
-    """A joining row with no source token cannot be packed: ``join_step`` then steps the running rows and
+    """A joining row with no source token cannot be packed: a fused join then steps the running rows and
     joins the rows padded, with exactly the events and texts of doing those two calls itself."""
     bb = backbones["tiny-llama"]
     torch.manual_seed(8)
@@ -212,7 +203,7 @@ def test_a_fused_join_with_an_empty_source_is_a_step_then_a_padded_join(backbone
         batch, texts, calls = endless(bb), {}, []
         batch.join(running, w, "fuse", 5, [0, 1], ["r0", "r1"])
         if fused:
-            events = [batch.join_step(joining, w, "fuse", 3, [0, 1], ["j0", "j1"])]
+            events = [batch.join(joining, w, "fuse", 3, [0, 1], ["j0", "j1"], prefill="fused")]
         else:
             events = [batch.step(), batch.join(joining, w, "fuse", 3, [0, 1], ["j0", "j1"])]
         calls.append([t for e in events for t in e.tokens])
@@ -222,3 +213,10 @@ def test_a_fused_join_with_an_empty_source_is_a_step_then_a_padded_join(backbone
             texts.update(e.finished)
         runs.append((calls, texts))
     assert runs[0] == runs[1] and set(runs[0][1]) == {"r0", "r1", "j0", "j1"}
+
+
+def test_join_rejects_an_unknown_prefill(backbones):
+    batch = backbones["tiny-llama"].running_batch()
+    with pytest.raises(ValueError, match="prefill must be one of fused, packed, padded"):
+        batch.join([PromptExample(INS, SRC[0], "")], None, "fuse", 2, prefill="fast")
+    assert len(batch) == 0

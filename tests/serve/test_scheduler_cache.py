@@ -154,33 +154,18 @@ class ScriptedBatch:
         return events
 
     def join(
-        self,
-        examples,
-        weights,
-        mode,
-        max_tokens,
-        adapter_rows,
-        tags,
-        prefix_store=None,
-        keys=None,
-        packed=False,
-    ):
-        self.joins.append(([e.source for e in examples], len(self.left)))
-        self.join_steps.append(self.steps)
-        self.left.update({t: (max_tokens, e.source) for t, e in zip(tags, examples)})
-        return self._emit(tags)
-
-    def join_step(
-        self, examples, weights, mode, max_tokens, adapter_rows, tags, prefix_store=None, keys=None
-    ):
-        """As ``RunningBatch.join_step``: the running rows' step and the join in one call (running rows
-        first)."""
+        self, examples, weights, mode, max_tokens, adapter_rows, tags, prefix_store=None, keys=None,
+        prefill="padded",
+    ):  # fmt: skip
+        """As ``RunningBatch.join``: with ``prefill="fused"`` and rows running, their step and the join in
+        one call (running rows first)."""
         from tagi.backbones.running import Events
 
-        running = list(self.left)
+        running = list(self.left) if prefill == "fused" else []
         self.joins.append(([e.source for e in examples], len(self.left)))
         self.join_steps.append(self.steps)
-        self.steps += 1
+        if running:
+            self.steps += 1
         stepped = self._emit(running)
         self.left.update({t: (max_tokens, e.source) for t, e in zip(tags, examples)})
         joined = self._emit(tags)

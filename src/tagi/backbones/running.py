@@ -10,10 +10,10 @@ A :class:`RunningBatch` holds ``A`` rows in the middle of decoding::
 
 :meth:`RunningBatch.join` prefills new rows — each distinct (instruction prefix, adapter) once
 (``CausalBackbone._prefix_cache``), then their sources, left-padded, or packed into one row without padding
-(``packed=True``, :mod:`tagi.backbones.packing`) — samples their first token and appends them. The two
+(``prefill="packed"``, :mod:`tagi.backbones.packing`) — samples their first token and appends them. The two
 caches are left-padded to one length after dropping leading columns no row uses: every row keeps its own
 keys and positions, and a masked column adds an exact zero to attention.
-:meth:`RunningBatch.step` feeds every row its last token; :meth:`RunningBatch.join_step` does both in one
+:meth:`RunningBatch.step` feeds every row its last token; ``join(..., prefill="fused")`` does both in one
 model call, the running rows' step and the new rows' packed prefill (:mod:`tagi.backbones.fused`). A row
 leaves as soon as it emits a stop token or reaches its ``max_new_tokens``; its cache, mask, position and
 adapter row go with it, so a step costs what the unfinished rows cost.
@@ -37,6 +37,9 @@ from tagi.backbones.fused import FusedCache, fused_attention_for
 from tagi.backbones.packing import Packed, pack
 from tagi.backbones.prefix_store import PrefixStore
 from tagi.lora import LoraWeights, apply_fused_lora, apply_lora
+
+PREFILLS = ("fused", "packed", "padded")
+"""How :meth:`RunningBatch.join` prefills joining rows (see there)."""
 
 
 @dataclass
@@ -126,62 +129,54 @@ class RunningBatch:
         tags: Sequence[Hashable] | None = None,
         prefix_store: PrefixStore | None = None,
         adapter_keys: Sequence[Hashable] | None = None,
-        packed: bool = False,
+        prefill: str = "padded",
     ) -> Events:
         """Prefill ``examples`` (adapters as in ``generate``), sample their first token and add the rows
         that go on. ``tags`` name the rows in the events (default: their order of joining). With a
         ``prefix_store``, instruction prefixes are reused across calls; ``adapter_keys`` names each
-        distinct adapter (``adapter_rows`` indexes it; one name for a shared adapter or none). ``packed``
-        prefills several rows as one row without padding (``tagi.backbones.packing``)."""
+        distinct adapter (``adapter_rows`` indexes it; one name for a shared adapter or none).
+
+        ``prefill``: ``"padded"`` left-pads the new rows to the longest; ``"packed"`` prefills several rows
+        as one row without padding (``tagi.backbones.packing``); ``"fused"`` also runs the running rows'
+        decode step in the same model call (:mod:`tagi.backbones.fused`), so the events hold the running
+        rows' next tokens too (with no row running it is ``"packed"``)."""
+        if prefill not in PREFILLS:
+            raise ValueError(f"prefill must be one of {', '.join(PREFILLS)}, got {prefill!r}")
         n, bb = len(examples), self.bb
         if len(self) and not self.can_join:
             raise RuntimeError("this model's cache cannot take rows into a batch in progress")
         adapter, groups = row_adapters(adapter, adapter_rows, n)
         prefixes = [bb.prefix_ids(e.instruction, mode) for e in examples]
         suffixes = [bb.suffix_ids(e.source) for e in examples]
-        prefill = self._prefill_packed if packed and n > 1 and all(suffixes) else self._prefill_padded
-        nxt, cache, attn, pos = prefill(prefixes, suffixes, groups, adapter, prefix_store, adapter_keys)
         tags = list(range(n)) if tags is None else list(tags)
+        if prefill == "fused" and len(self):
+            if all(suffixes):
+                return self._join_fused(prefixes, suffixes, groups, adapter, prefix_store, adapter_keys,
+                                        tags, max_new_tokens)  # fmt: skip
+            events = self.step()  # a row with nothing to pack: the step, then a padded join
+            prefill = "padded"
+        else:
+            events = Events()
+        packed = prefill != "padded" and n > 1 and all(suffixes)
+        run = self._prefill_packed if packed else self._prefill_padded
+        nxt, cache, attn, pos = run(prefixes, suffixes, groups, adapter, prefix_store, adapter_keys)
         new = _Rows(cache, attn, pos, None, adapter, tags, [max_new_tokens] * n)
-        events = self._advance(new, nxt)
+        joined = self._advance(new, nxt)
         if new.tags:
             self.rows = new if self.rows is None else _merged(self.rows, new)
-        return events
+        return Events(events.tokens + joined.tokens, events.finished + joined.finished)
 
-    @torch.no_grad()
-    def join_step(
-        self,
-        examples,
-        adapter: LoraWeights | None,
-        mode: str,
-        max_new_tokens: int,
-        adapter_rows: Sequence[int] | None = None,
-        tags: Sequence[Hashable] | None = None,
-        prefix_store: PrefixStore | None = None,
-        adapter_keys: Sequence[Hashable] | None = None,
-    ) -> Events:
-        """A decode step of the running rows and the packed prefill of ``examples`` in one model call
-        (:mod:`tagi.backbones.fused`): the running rows' next tokens and the new rows' first ones, as
-        :meth:`step` and ``join(..., packed=True)`` give them (arguments as :meth:`join`). Needs running rows
-        whose cache can take new ones (:attr:`can_join`) and at least one source token per example."""
-        n, bb, old = len(examples), self.bb, self.rows
-        if old is None or not self.can_join:
-            raise RuntimeError("a fused join needs a running batch whose cache can take rows")
-        suffixes = [bb.suffix_ids(e.source) for e in examples]
-        tags = list(range(n)) if tags is None else list(tags)
-        if not all(suffixes):  # a row with nothing to pack: the step, then a padded join
-            events = self.step()
-            joined = self.join(
-                examples, adapter, mode, max_new_tokens, adapter_rows, tags, prefix_store, adapter_keys
-            )
-            return Events(events.tokens + joined.tokens, events.finished + joined.finished)
-        adapter, groups = row_adapters(adapter, adapter_rows, n)
-        prefixes = [bb.prefix_ids(e.instruction, mode) for e in examples]
-        p = self._pack(prefixes, suffixes, groups, adapter, prefix_store, adapter_keys)
+    def _join_fused(self, prefixes, suffixes, groups, adapter, store, keys, tags, max_new_tokens) -> Events:
+        """The running rows' decode step and the packed prefill of new rows in one model call: the running
+        rows' next tokens and the new rows' first ones, as ``step`` then a packed ``join`` give them."""
+        old = self.rows
+        p = self._pack(prefixes, suffixes, groups, adapter, store, keys)
         nxt, packed_cache = self._fused_forward(old, p, adapter)
         a = len(old.tags)
         events = self._advance(old, nxt[:a])  # the running cache grew in place (FusedCache)
-        new = _Rows(p.unpack(packed_cache), p.attn, p.last_pos, None, adapter, tags, [max_new_tokens] * n)
+        new = _Rows(
+            p.unpack(packed_cache), p.attn, p.last_pos, None, adapter, tags, [max_new_tokens] * len(tags)
+        )
         joined = self._advance(new, nxt[a:])
         if new.tags:
             self.rows = _merged(old, new) if old.tags else new

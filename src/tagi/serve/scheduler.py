@@ -18,7 +18,7 @@ does not wait for the longest row of the batch ahead of it (iteration-level sche
 the cost of reading the model's weights. They are packed into one row without padding
 (:mod:`tagi.backbones.packing`): a joining row costs its own tokens, not the longest joining row's. With
 ``prefill="fused"`` (the default) that packed prefill and the running rows' decode step are one model call
-(:meth:`~tagi.backbones.running.RunningBatch.join_step`, :mod:`tagi.backbones.fused`): a call of a few
+(``RunningBatch.join(..., prefill="fused")``, :mod:`tagi.backbones.fused`): a call of a few
 tokens costs nearly what one of a hundred does on a CPU, so the step comes almost free. ``"packed"``
 prefills in a call of its own, then steps; ``"padded"`` left-pads the joining rows instead of packing them.
 A server that prefills every arriving row at the next step spends most of its time on one-row prefills when
@@ -67,6 +67,7 @@ import torch
 
 from tagi.backbones import PromptExample
 from tagi.backbones.prefix_store import PrefixStore
+from tagi.backbones.running import PREFILLS
 from tagi.lora import LoraWeights
 from tagi.serve.streams import TextStream, push_tokens
 
@@ -102,9 +103,6 @@ class Task:
 
     fn: Callable[[], Any]
     future: Future = field(default_factory=Future)
-
-
-PREFILLS = ("fused", "packed", "padded")
 
 
 def batch_key(row: Row, family: str) -> tuple:
@@ -332,7 +330,7 @@ class Scheduler:
 
     def _join(self, running: _Running | None, rows: list[Row], fuse: bool = False) -> _Running | None:
         """Prefill ``rows`` into the running batch (a new one when none runs); ``fuse``: in the same model
-        call as the running rows' next step (``RunningBatch.join_step``)."""
+        call as the running rows' next step (``RunningBatch.join(..., prefill="fused")``)."""
         first = rows[0]
         if running is None:
             batch = self.backbone.running_batch(first.temperature, first.top_p)
@@ -343,11 +341,10 @@ class Scheduler:
             weights, adapter_rows, keys = stack_rows(rows)
             weights = weights.to(self.backbone.device) if weights is not None else None
             examples = [PromptExample(r.instruction, r.source, "") for r in rows]
-            args = (examples, weights, "fuse", first.max_tokens, adapter_rows, tags, self.prefix_store, keys)
-            if fuse:
-                events = running.batch.join_step(*args)
-            else:
-                events = running.batch.join(*args, packed=self.prefill != "padded")
+            events = running.batch.join(
+                examples, weights, "fuse", first.max_tokens, adapter_rows, tags, self.prefix_store, keys,
+                prefill=self.prefill,  # "fused" with no row running is "packed"
+            )  # fmt: skip
         except BaseException as e:  # noqa: BLE001 - every row of the batch gets the error
             log.exception("prefilling %d rows failed", len(rows))
             running.fail(e)
