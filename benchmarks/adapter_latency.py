@@ -21,7 +21,6 @@ Prints a table with ratios and writes ``benchmarks/results/adapter_latency.json`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,7 +32,7 @@ from pathlib import Path
 import peft
 import torch
 import transformers
-from benchtools import median_time
+from benchtools import median_time, write_results
 
 import tagi
 from tagi import Tagi
@@ -164,9 +163,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "load_average_start_end": [load_avg_start[0], os.getloadavg()[0]],
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":

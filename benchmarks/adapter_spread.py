@@ -16,11 +16,11 @@ config, versions and the command) and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
+from benchtools import write_results
 
 import tagi
 from tagi.backbones import load_backbone
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"command": " ".join(command), "config": args.config, "seed": cfg.seed, "num_pos": args.num_pos,
               "test_tasks": len(tasks), "adapters": rows,
               "versions": {"tagi": tagi.__version__, "torch": torch.__version__}}  # fmt: skip
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
     return 0
 
 

@@ -21,12 +21,11 @@ measure of the decoding work). Prints a table with ratios and writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
 import torch
-from benchtools import median_time, missing_sni_dir, provenance
+from benchtools import median_time, missing_sni_dir, provenance, write_results
 
 from tagi.backbones import PromptExample, load_backbone
 from tagi.backbones.base import pad_left
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
           f"same outputs: {summary['all_same_outputs']}")  # fmt: skip
     result = {"args": vars(args), "summary": summary, "tasks": rows,
               **provenance("decode_compaction.py", argv, args.threads, load_start)}  # fmt: skip
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
     return 0
 
 

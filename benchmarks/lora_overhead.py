@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import peft
 import torch
 import transformers
-from benchtools import median_time
+from benchtools import median_time, write_results
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
 from tagi.backbones import load_backbone
@@ -110,9 +109,7 @@ def main() -> None:
         },
         "threads": torch.get_num_threads(),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ give the same outputs, and writes ``benchmarks/results/prefix_sharing.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from benchtools import provenance
+from benchtools import provenance, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
               "speedup_shared_vs_per_row": round(ratio, 3), "same_outputs": same,
               "checkpoint": os.path.relpath(args.checkpoint, ROOT),
               **provenance("prefix_sharing.py", argv, args.threads, load_start)}  # fmt: skip
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
     return 0 if same else 1
 
 

@@ -44,7 +44,6 @@ starts after ``--time-limit`` seconds. Writes ``benchmarks/results/serve_load.js
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import statistics
@@ -57,7 +56,7 @@ from pathlib import Path
 
 import httpx
 import torch
-from benchtools import provenance
+from benchtools import provenance, write_results
 
 from tagi import Tagi
 from tagi.data.builtin import BUILTIN_TEST, make_builtin_task
@@ -315,9 +314,7 @@ def main(argv: list[str] | None = None) -> int:
               "requests_per_client": args.requests, "rounds": args.rounds, "modes": MODES, "prefix_cache_mb": args.prefix_cache_mb, "cells": cells, "skipped_cells": skipped,
               "total_errors": sum(r["errors"] for c in cells for r in c["runs"]),
               **provenance("serve_load.py", argv, args.threads, load_start)}  # fmt: skip
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"results: {args.out}")
+    write_results(args.out, result)
     return 1 if result["total_errors"] else 0
 
 

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import torch
-from benchtools import missing_sni_dir, provenance
+from benchtools import missing_sni_dir, provenance, write_results
 from sni_smollm2 import relative_paths
 
 from tagi.files import write_json
@@ -181,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
            "steps": args.steps, "validation_instances": args.val_instances, "validation_tasks": val_names,
            "configs": configs, "seed": 0,
            **provenance("specificity_levers.py", argv if argv is not None else sys.argv[1:], torch.get_num_threads(), load_start)}  # fmt: skip
-    Path(args.results).write_text(json.dumps(relative_paths(out), indent=2) + "\n")
-    print(f"results: {args.results}")
+    write_results(args.results, relative_paths(out))
     return 0
 
 

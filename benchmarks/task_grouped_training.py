@@ -23,13 +23,12 @@ which mode runs first, and all variants interleave step by step, so machine load
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import torch
-from benchtools import missing_sni_dir, provenance
+from benchtools import missing_sni_dir, provenance, write_results
 
 from tagi.config import load_config
 from tagi.losses import ce_sum
@@ -119,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(x{tok_on / tok_off:.2f}); max |logit diff| {st['max_logit_diff']:.1e}")  # fmt: skip
     result = {"args": vars(args), "variants": rows, "seed": cfg.seed,
               **provenance("task_grouped_training.py", argv, args.threads, load_start)}  # fmt: skip
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
     return 0
 
 
