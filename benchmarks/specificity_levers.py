@@ -10,8 +10,8 @@ setting the validation split chose over distillation, see the README's ablations
 For each lever the hypernetwork is pretrained (shared by levers with the same ``hyper`` settings) and
 finetuned for ``--steps`` steps (a run folder per lever and step count, so runs of other lengths are kept);
 ``no-hypernet`` is the control, one learned adapter (the hypernetwork reads one empty text for every task).
-A lever that distils (``distill``) first trains the category teachers it distils from, on the same training
-tasks (``<run>/teachers``, shared by levers with the same teacher settings).
+A lever that reads teachers (``distill``, ``align``) first trains the category teachers it reads, on the
+same training tasks (``<run>/teachers``, shared by levers with the same teacher settings).
 Then, on the first ``--val-instances`` instances of the held-out *training* tasks (never test tasks; 8
 single tasks by default, ``--set data.validation_by=category data.validation_tasks=16`` holds out whole
 categories instead), it reports:
@@ -67,6 +67,9 @@ LEVERS = {
     # teachers that beat the multi-task LoRA on held-out instances of their own tasks in most groups
     # (benchmarks/teacher_quality.py --set teachers.train.max_steps=8); trained on this split's training tasks
     "distill": ["finetune.loss.kl=1.0", "finetune.loss.align=0.1", "teachers.train.max_steps=8"],
+    # alignment alone (no KL) to the same teachers, weighted to act: the distill run logged an alignment of
+    # 4.1e-5 at its first step and 4.2e-5 at its last, so 25000 makes the term about 1 nat against a CE of 2-6
+    "align": ["finetune.loss.align=25000", "teachers.train.max_steps=8"],
     # the control: the hypernetwork reads one empty text for every task, i.e. one learned adapter
     "no-hypernet": ["finetune.hyper_input=empty", "finetune.loss.mismatch=0"],
     # prompt dropout's control: one learned adapter; dropped examples then see no instruction at all

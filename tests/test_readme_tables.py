@@ -274,6 +274,9 @@ TABLES |= {
     "lever (128 steps, task_group 4, held-out categories, distilling from 8-step teachers)": Table(
         ("benchmarks/results/specificity_levers_distill.json",), lever_rows
     ),
+    "lever (CE + alignment to 8-step teachers, weight 25000, 128 steps, task_group 4, held-out categories)": Table(
+        ("benchmarks/results/specificity_levers_align.json",), lever_rows
+    ),
 }
 UNCHECKED = {"module"}  # tables without results (the design table)
 
