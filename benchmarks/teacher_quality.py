@@ -88,30 +88,29 @@ def ce(bb, examples, adapter, batch_size: int = 8) -> tuple[float, int]:
 def run(cfg, held_out: int, out: Path) -> dict:
     from tagi.backbones import load_backbone
     from tagi.data.select import task_examples
-    from tagi.train.teachers import folder_names, teacher_groups
+    from tagi.train.stages import run_teachers
+    from tagi.train.teachers import load_teachers, teacher_groups
 
     tc = cfg.teachers
     train_tasks, held_tasks = split_instances(cfg, held_out)
     bb = load_backbone(cfg.model)
-    groups = teacher_groups(train_tasks, tc.group_by)
     held_by_name = {t.name: t for t in held_tasks}
-    folders = folder_names(list(groups))
     examples = [e for t in train_tasks for e in task_examples(t, tc.num_pos)]
     steps = cfg.evaluate.multitask_steps or cfg.finetune.train.max_steps
     multitask = train_lora(bb, examples, cfg, dataclasses.replace(tc.train, max_steps=steps),
                            out / "multitask-lora", cfg.seed, "multitask-lora")  # fmt: skip
+    # the teachers stage itself (its training tasks are train_tasks: the same cfg), reused when finished
+    _, teachers = load_teachers(run_teachers(cfg, bb, out_dir=out / "teachers"))
     rows = {}
-    for i, (group, members) in enumerate(groups.items()):
-        own = [e for t in members for e in task_examples(t, tc.num_pos)]
-        teacher = train_lora(bb, own, cfg, tc.train, out / "teachers" / folders[group], cfg.seed + i,
-                             f"teacher {i + 1}/{len(groups)} {group}")  # fmt: skip
+    for group, members in teacher_groups(train_tasks, tc.group_by).items():
         held = [e for t in members for e in task_examples(held_by_name[t.name], tc.num_pos)]
         if not held:
             continue
+        own = sum(len(t.instances) for t in members)
         scores = {name: ce(bb, held, adapter) for name, adapter in
-                  (("base", None), ("teacher", teacher), ("multitask-lora", multitask))}  # fmt: skip
+                  (("base", None), ("teacher", teachers[group].to(bb.device)), ("multitask-lora", multitask))}  # fmt: skip
         tokens = scores["base"][1]
-        rows[group] = {"tasks": len(members), "train_examples": len(own), "held_out_examples": len(held),
+        rows[group] = {"tasks": len(members), "train_examples": own, "held_out_examples": len(held),
                        "label_tokens": tokens, "ce": {m: round(s / tokens, 4) for m, (s, _) in scores.items()}}  # fmt: skip
         print(f"{group[:40]:>40} {len(held):>5} " + " ".join(f"{rows[group]['ce'][m]:>9.3f}" for m in MODELS),
               flush=True)  # fmt: skip
