@@ -70,6 +70,11 @@ LEVERS = {
     # alignment alone (no KL) to the same teachers, weighted to act: the distill run logged an alignment of
     # 4.1e-5 at its first step and 4.2e-5 at its last, so 25000 makes the term about 1 nat against a CE of 2-6
     "align": ["finetune.loss.align=25000", "teachers.train.max_steps=8"],
+    # learned-query attention over the instruction tokens instead of the padding-masked mean
+    "attention": ["hyper.pooling=attention"],
+    # the hypernetwork reads SmolLM2's layer 15 of 30 instead of its last: a last layer is shaped by
+    # next-token prediction, middle layers are commonly the more semantic
+    "middle-layer": ["model.instruction_layer=15"],
     # the control: the hypernetwork reads one empty text for every task, i.e. one learned adapter
     "no-hypernet": ["finetune.hyper_input=empty", "finetune.loss.mismatch=0"],
     # prompt dropout's control: one learned adapter; dropped examples then see no instruction at all
@@ -87,8 +92,10 @@ def lever_config(name: str, sni_dir: str, out: Path, steps: int, config: Path = 
     from tagi.config import load_config
 
     overrides = LEVERS[name]
-    hyper = "-".join(o.split("=")[1] for o in overrides if o.startswith("hyper.")) or "default"
-    run = out / f"hyper-{hyper}"  # levers with the same hyper settings share the pretraining
+    # levers with the same hypernetwork input and settings share the pretraining
+    reads = [o.split("=")[1] for o in overrides if o.startswith("hyper.")]
+    reads += [f"layer{o.split('=')[1]}" for o in overrides if o.startswith("model.instruction_layer=")]
+    run = out / f"hyper-{'-'.join(reads) or 'default'}"
     return load_config(
         config,
         [f"data.sni_dir={sni_dir}", f"out_dir={run}", *COMMON, f"finetune.train.max_steps={steps}", *overrides,
@@ -164,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg, folder = lever_config(
             name, args.sni_dir, Path(args.out), args.steps, Path(args.config), args.set
         )
-        backbone = backbone or load_backbone(cfg.model)
+        if backbone is None or backbone.cfg != cfg.model:  # a lever may read another layer of the model
+            backbone = load_backbone(cfg.model)
         t0 = time.perf_counter()
         if cfg.finetune.use_pretrained:
             run_pretrain(cfg, backbone)

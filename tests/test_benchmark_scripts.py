@@ -177,6 +177,26 @@ def test_specificity_levers_distill_trains_its_teachers(tmp_path, monkeypatch):
     assert set(json.loads(out.read_text())["levers"]) == {"distill"}
 
 
+def test_specificity_levers_input_levers_get_their_own_pretraining(tmp_path, monkeypatch):
+    """A lever that changes what the hypernetwork reads (its pooling, or the base model's layer) is pretrained
+    in its own folder, and the layer lever's model really is loaded with that layer: its adapters differ."""
+    levers = script("specificity_levers", monkeypatch)
+    monkeypatch.setitem(levers.LEVERS, "middle-layer", ["model.instruction_layer=1"])  # the tiny model has 2
+    out, run = tmp_path / "levers.json", tmp_path / "run"
+    args = ["--config", str(SCRIPT.parents[1] / "configs" / "tiny.yaml"), "--steps", "4", "--out", str(run),
+            "--results", str(out), "--val-instances", "2", "--levers", "base", "middle-layer", "attention",
+            "--set", "data.validation_tasks=3", "data.max_train_tasks=8", "pretrain.train.max_steps=2"]  # fmt: skip
+    assert levers.main(args) == 0
+    results = json.loads(out.read_text())
+    for folder in ("hyper-default", "hyper-layer1", "hyper-attention"):
+        assert (run / folder / "pretrain" / "DONE.json").is_file()
+    layers = {n: c["model"]["instruction_layer"] for n, c in results["configs"].items()}
+    assert layers == {"base": -1, "middle-layer": 1, "attention": -1}
+    assert results["configs"]["attention"]["hyper"]["pooling"] == "attention"
+    share = {n: r["test_spread"]["task_specific_share"] for n, r in results["levers"].items()}
+    assert len({round(v, 6) for v in share.values()}) == 3  # three different inputs, three different spreads
+
+
 def script(name: str, monkeypatch):
     """``benchmarks/<name>.py`` as a module (its siblings importable by name, as when it runs)."""
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
