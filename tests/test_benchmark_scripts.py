@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -119,14 +118,11 @@ def test_demo_check_reports_every_changed_score():
     ]
 
 
-def test_specificity_levers_smoke_run(tmp_path):
+def test_specificity_levers_smoke_run(tmp_path, monkeypatch):
     """The lever benchmark end to end on the tiny model: every lever gets its validation numbers,
     standardising the hypernetwork's input makes its adapters more task-specific than the base setting, and
     the no-hypernet control is one adapter (nothing to swap, no task-specific part)."""
-    spec = importlib.util.spec_from_file_location("levers", SCRIPT.parent / "specificity_levers.py")
-    levers = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(SCRIPT.parent))
-    spec.loader.exec_module(levers)
+    levers = script("specificity_levers", monkeypatch)
     out = tmp_path / "levers.json"
     common = ["--config", str(SCRIPT.parents[1] / "configs" / "tiny.yaml"), "--steps", "4", "--out",
               str(tmp_path / "run"), "--results", str(out), "--val-instances", "2", "--set",

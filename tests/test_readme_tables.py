@@ -277,6 +277,9 @@ TABLES |= {
     "lever (CE + alignment to 8-step teachers, weight 25000, 128 steps, task_group 4, held-out categories)": Table(
         ("benchmarks/results/specificity_levers_align.json",), lever_rows
     ),
+    "lever (CE only, 128 steps, task_group 4, held-out categories, what the hypernetwork reads)": Table(
+        ("benchmarks/results/specificity_levers_input.json",), lever_rows
+    ),
 }
 UNCHECKED = {"module"}  # tables without results (the design table)
 
