@@ -20,6 +20,8 @@ categories instead), it reports:
 - ``swap_delta``: that score minus the score when the hypernetwork reads a *different* validation task's
   instruction (the prompt keeps the true one): what the instruction-dependent part of the adapter is worth;
 - ``alone``: Rouge-L with the task's adapter and *no* instruction in the prompt (the adapter alone);
+- ``alone_swap_delta``: ``alone`` minus the same with another validation task's adapter: what the
+  instruction-dependent part is worth when nothing else in the prompt says what the task is;
 - ``share`` / ``cosine``: task-specific share and mean cosine of the generated dW over the validation
   instructions and (instructions only, no labels) over the test instructions.
 
@@ -85,7 +87,7 @@ LEVERS = {
     ],
 }
 VAL_INSTANCES = 5
-MEASURE_FORMAT = 1  # bump when measure() changes what it reports
+MEASURE_FORMAT = 2  # bump when measure() changes what it reports
 
 
 def lever_config(name: str, sni_dir: str, out: Path, steps: int, config: Path = CONFIG, extra=()):
@@ -117,14 +119,14 @@ def measure(cfg, folder: Path, backbone, instances: int = VAL_INSTANCES) -> dict
     own = {t.name: "" if empty else format_instruction(t, 0) for t in val}
     names = sorted(own)
     other = {n: own[names[(i + 1) % len(names)]] for i, n in enumerate(names)}
-    true, swapped, alone = (
+    true, swapped, alone, alone_swapped = (
         decoded_rouge(model, val, hyper, mode, 0, instances, 1.5)
-        for hyper, mode in ((own, "fuse"), (other, "fuse"), (own, "none"))
+        for hyper, mode in ((own, "fuse"), (other, "fuse"), (own, "none"), (other, "none"))
     )
     test_texts = ["" if empty else format_instruction(t, 0) for t in load_tasks(cfg.data, "test")]
     done = read_done(folder)
     return {
-        "rougeL": true, "swap_delta": true - swapped, "alone": alone,
+        "rougeL": true, "swap_delta": true - swapped, "alone": alone, "alone_swap_delta": alone - alone_swapped,
         "val_spread": generated_spread(model, [own[n] for n in names]),
         "test_spread": generated_spread(model, test_texts),
         "val_ce": done.get("validation"), "finetune_s": done.get("wall_time_s"),

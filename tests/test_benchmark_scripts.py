@@ -137,6 +137,7 @@ def test_specificity_levers_smoke_run(tmp_path, monkeypatch):
     share = {n: r["val_spread"]["task_specific_share"] for n, r in rows.items()}
     assert share["standardize"] > 10 * share["base"]
     assert rows["no-hypernet"]["swap_delta"] == 0 and abs(share["no-hypernet"]) < 1e-6
+    assert rows["no-hypernet"]["alone_swap_delta"] == 0  # one adapter: another task's is the same one
     assert json.loads(out.read_text())["validation_instances"] == 2
     # a rerun reuses each lever's measurement (kept next to its checkpoint) and reports the same rows
     kept = sorted((tmp_path / "run").glob("*/finetune-*/levers-measure-2.json"))

@@ -175,6 +175,14 @@ def lever_rows(srcs: list[dict]) -> dict:
     }
 
 
+def alone_rows(srcs: list[dict]) -> dict:
+    """specificity_levers.py: the adapter alone with the task's own and another task's instruction."""
+    return {
+        name: [None, [x["alone"]], [x["alone"] - x["alone_swap_delta"]], [x["alone_swap_delta"]]]
+        for name, x in srcs[0]["levers"].items()
+    }
+
+
 TABLES = {
     "method (Rouge-L / exact match on unseen tasks)": Table(
         ("docs/demo/results.json",), _methods_table(DEMO_ROWS, ("Def", "Def+2Pos"))
@@ -279,6 +287,9 @@ TABLES |= {
     ),
     "lever (CE only, 128 steps, task_group 4, held-out categories, what the hypernetwork reads)": Table(
         ("benchmarks/results/specificity_levers_input.json",), lever_rows
+    ),
+    "adapter alone on held-out categories (no instruction in the prompt)": Table(
+        ("benchmarks/results/specificity_levers_input.json",), alone_rows
     ),
 }
 UNCHECKED = {"module"}  # tables without results (the design table)
