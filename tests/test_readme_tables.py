@@ -291,6 +291,9 @@ TABLES |= {
     "adapter alone on held-out categories (no instruction in the prompt)": Table(
         ("benchmarks/results/specificity_levers_input.json",), alone_rows
     ),
+    "adapter alone on held-out single tasks (no instruction in the prompt, 8 tasks × 20 instances)": Table(
+        ("benchmarks/results/specificity_levers_alone_task_split.json",), alone_rows
+    ),
 }
 UNCHECKED = {"module"}  # tables without results (the design table)
 
