@@ -1,11 +1,12 @@
-"""The validation split: single tasks or whole categories held out of the training tasks."""
+"""The validation split (single tasks or whole categories held out of the training tasks), and the
+training side cut to a number of categories."""
 
 from __future__ import annotations
 
 import pytest
 
 from tagi.config import DataConfig
-from tagi.data.select import config_split, split_validation
+from tagi.data.select import config_split, sample_categories, split_validation
 from tagi.data.sni import DataError, Task
 
 
@@ -63,3 +64,30 @@ def test_split_errors() -> None:
         split_validation(only_big, 2, 0, by="category")
     with pytest.raises(DataError, match="must be 'task' or 'category'"):
         split_validation(TASKS, 2, 0, by="source")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sample_categories_keeps_whole_categories_and_nests(seed: int) -> None:
+    previous: set[str] = set()
+    for n in range(1, len(SIZES) + 1):
+        kept = sample_categories(TASKS, n, seed)
+        cats = _categories(kept)
+        assert len(cats) == n and len(kept) == sum(SIZES[c] for c in cats)  # every task of a drawn category
+        assert [t.name for t in kept] == [t.name for t in TASKS if t.category in cats]  # order kept
+        assert previous <= cats  # growing n adds categories, never swaps them
+        previous = cats
+    assert sample_categories(TASKS, len(SIZES), seed) == TASKS
+
+
+def test_train_categories_cuts_the_training_side_only() -> None:
+    full_train, full_val = config_split(DataConfig(validation_tasks=3, validation_by="category"), TASKS)
+    train, val = config_split(
+        DataConfig(validation_tasks=3, validation_by="category", train_categories=1), TASKS
+    )
+    assert val == full_val  # the validation tasks stay the same
+    assert len(_categories(train)) == 1 and set(train) <= set(full_train)
+    assert len({frozenset(t.name for t in sample_categories(TASKS, 2, s)) for s in range(12)}) > 1  # seeded
+    with pytest.raises(DataError, match="cannot train on 5 categories: the training tasks have 4"):
+        sample_categories(TASKS, 5, 0)
+    with pytest.raises(ValueError, match="data.train_categories must be >= 0"):
+        DataConfig(train_categories=-1)

@@ -30,6 +30,11 @@ class DataConfig:
         "How validation tasks are held out: 'task' draws single tasks (their sibling tasks stay in training); "
         "'category' holds out whole categories (as SNI's test split was built), up to validation_tasks tasks.",
     )
+    train_categories: int = field_(
+        0,
+        "Train on the tasks of this many categories only, drawn with data.seed from the training tasks left "
+        "after the validation split (0 = all): a data-scaling study whose validation tasks stay the same.",
+    )
     builtin_instances: int = field_(60, "Instances generated per built-in task.")
     seed: int = field_(0, "Seed of the built-in task generators and of data shuffling.")
 
@@ -37,6 +42,6 @@ class DataConfig:
         check(self.num_pos >= 0, f"data.num_pos must be >= 0, got {self.num_pos}")
         for k in ("max_train_instances", "max_test_instances", "builtin_instances"):
             check(getattr(self, k) > 0, f"data.{k} must be > 0, got {getattr(self, k)}")
-        for k in ("max_train_tasks", "max_test_tasks", "validation_tasks"):
+        for k in ("max_train_tasks", "max_test_tasks", "validation_tasks", "train_categories"):
             check(getattr(self, k) >= 0, f"data.{k} must be >= 0, got {getattr(self, k)}")
         check(self.source != "sni" or bool(self.sni_dir), "data.sni_dir is required when data.source=sni")

@@ -57,8 +57,27 @@ def split_validation(
 
 
 def config_split(cfg: DataConfig, tasks: Sequence[Task]) -> tuple[list[Task], list[Task]]:
-    """:func:`split_validation` with the config's ``validation_tasks``, ``seed`` and ``validation_by``."""
-    return split_validation(tasks, cfg.validation_tasks, cfg.seed, cfg.validation_by)
+    """:func:`split_validation` with the config's ``validation_tasks``, ``seed`` and ``validation_by``, then
+    the training side cut to ``train_categories`` categories (:func:`sample_categories`) when it is set."""
+    train, val = split_validation(tasks, cfg.validation_tasks, cfg.seed, cfg.validation_by)
+    if cfg.train_categories:
+        train = sample_categories(train, cfg.train_categories, cfg.seed)
+    return train, val
+
+
+def sample_categories(tasks: Sequence[Task], n: int, seed: int = 0) -> list[Task]:
+    """The tasks of ``n`` categories drawn with ``seed`` (every task of a drawn category, in the given order).
+
+    The draw is nested: for one seed, the ``n`` categories drawn are among the ``n + 1`` drawn, so a series of
+    runs over growing ``n`` adds categories and never swaps them.
+    """
+    groups = category_groups(tasks)
+    if not 0 < n <= len(groups):
+        raise DataError(f"cannot train on {n} categories: the training tasks have {len(groups)}")
+    order = sorted(groups)
+    random.Random(seed).shuffle(order)
+    kept = set(order[:n])
+    return [t for t in tasks if t.category in kept]
 
 
 def _held_out_categories(tasks: Sequence[Task], n: int, seed: int) -> set[str]:
