@@ -294,6 +294,9 @@ TABLES |= {
     "adapter alone on held-out single tasks (no instruction in the prompt, 8 tasks × 20 instances)": Table(
         ("benchmarks/results/specificity_levers_alone_task_split.json",), alone_rows
     ),
+    "lever (CE only, 128 steps, task_group 4, held-out categories, 26 training categories)": Table(
+        ("benchmarks/results/specificity_levers_26categories.json",), lever_rows
+    ),
 }
 UNCHECKED = {"module"}  # tables without results (the design table)
 
