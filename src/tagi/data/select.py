@@ -74,18 +74,21 @@ def sample_categories(tasks: Sequence[Task], n: int, seed: int = 0) -> list[Task
     groups = category_groups(tasks)
     if not 0 < n <= len(groups):
         raise DataError(f"cannot train on {n} categories: the training tasks have {len(groups)}")
+    kept = set(_seeded_order(groups, seed)[:n])
+    return [t for t in tasks if t.category in kept]
+
+
+def _seeded_order(groups: dict[str, list[str]], seed: int) -> list[str]:
+    """The categories of ``groups`` in an order drawn with ``seed`` (the same for the same categories)."""
     order = sorted(groups)
     random.Random(seed).shuffle(order)
-    kept = set(order[:n])
-    return [t for t in tasks if t.category in kept]
+    return order
 
 
 def _held_out_categories(tasks: Sequence[Task], n: int, seed: int) -> set[str]:
     groups = category_groups(tasks)
-    order = sorted(groups)
-    random.Random(seed).shuffle(order)
     held: set[str] = set()
-    for category in order:
+    for category in _seeded_order(groups, seed):
         if len(held) + len(groups[category]) <= n:
             held.update(groups[category])
     if not held:
