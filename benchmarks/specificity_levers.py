@@ -23,7 +23,12 @@ categories instead), it reports:
 - ``alone_swap_delta``: ``alone`` minus the same with another validation task's adapter: what the
   instruction-dependent part is worth when nothing else in the prompt says what the task is;
 - ``share`` / ``cosine``: task-specific share and mean cosine of the generated dW over the validation
-  instructions and (instructions only, no labels) over the test instructions.
+  instructions and (instructions only, no labels) over the test instructions;
+- ``drawn``: how much of the training set the finetuning drew (examples, distinct tasks, distinct
+  categories, each against the training set's count).
+
+``--set seed=N`` changes the hypernetwork's initialisation, pretraining and the order of the training data;
+the validation split and ``data.train_categories`` are drawn with ``data.seed`` and stay the same.
 
 Writes ``benchmarks/results/specificity_levers.json`` (config, seed, versions, load averages) and prints a
 table. Stages are resumable: a rerun reuses finished pretraining and finetuning, and a lever's measurement
@@ -133,6 +138,26 @@ def measure(cfg, folder: Path, backbone, instances: int = VAL_INSTANCES) -> dict
     }  # fmt: skip
 
 
+def coverage(cfg, backbone) -> dict:
+    """What the finetuning draws of its training set: examples, distinct tasks and distinct categories
+    (the sampler's own draw, as :class:`tagi.train.recipes.FinetuneRecipe` makes it on one process)."""
+    from tagi.train.common import training_tasks
+    from tagi.train.finetune import FinetuneData, student_lengths
+    from tagi.train.recipes import finetune_sampler
+
+    ft, (train, _) = cfg.finetune, training_tasks(cfg)
+    data = FinetuneData(train, ft.student_num_pos, cfg.teachers.num_pos, cfg.seed, ft.prompt_dropout)
+    sampler = finetune_sampler(ft, data, student_lengths(backbone, data, ft.fusion), cfg.seed, 1)
+    drawn = sampler.samples_until(ft.train.max_steps)
+    category = {t.name: t.category for t in train}
+    tasks = {data.task_name(s.index) for s in drawn}
+    return {
+        "examples": len(drawn), "training_examples": len(data),
+        "tasks": len(tasks), "training_tasks": len(train),
+        "categories": len({category[t] for t in tasks}), "training_categories": len(set(category.values())),
+    }  # fmt: skip
+
+
 def cached_measure(cfg, folder: Path, backbone, instances: int, t0: float) -> dict:
     """:func:`measure`, kept next to the lever's checkpoint and reused while its finetuning (``DONE.json``)
     and the number of instances are unchanged; ``stage_s`` is the time of the run that measured it."""
@@ -182,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             run_teachers(cfg, backbone)  # <run>/teachers, shared by levers with the same teachers settings
         run_finetune(cfg, backbone, out_dir=folder)
         rows[name] = cached_measure(cfg, folder, backbone, args.val_instances, t0)
+        rows[name]["drawn"] = coverage(cfg, backbone)
         configs[name] = to_dict(cfg)
         r = rows[name]
         print(f"{name:22s} rougeL {r['rougeL']:5.1f}  swap delta {r['swap_delta']:+5.1f}  alone {r['alone']:5.1f}  "
@@ -192,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     val_names = [t.name for t in training_tasks(cfg)[1]]  # the split depends on data.* only: same for all
     out = {"levers": rows, "overrides": {n: [*COMMON, *LEVERS[n], *args.set] for n in args.levers},
            "steps": args.steps, "validation_instances": args.val_instances, "validation_tasks": val_names,
-           "configs": configs, "seed": 0,
+           "configs": configs, "seed": cfg.seed, "data_seed": cfg.data.seed,
            **provenance("specificity_levers.py", argv if argv is not None else sys.argv[1:], torch.get_num_threads(), load_start)}  # fmt: skip
     write_results(args.results, relative_paths(out))
     return 0

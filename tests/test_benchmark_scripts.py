@@ -139,6 +139,10 @@ def test_specificity_levers_smoke_run(tmp_path, monkeypatch):
     assert rows["no-hypernet"]["swap_delta"] == 0 and abs(share["no-hypernet"]) < 1e-6
     assert rows["no-hypernet"]["alone_swap_delta"] == 0  # one adapter: another task's is the same one
     assert json.loads(out.read_text())["validation_instances"] == 2
+    for r in rows.values():  # 4 steps x batch 4 x accumulation 2, in chunks of 4 examples of one task
+        drawn = r["drawn"]
+        assert drawn["examples"] == 32 and drawn["training_tasks"] == 5 and drawn["training_examples"] > 32
+        assert 1 <= drawn["categories"] <= drawn["tasks"] <= 5 and drawn["training_categories"] >= 1
     # a rerun reuses each lever's measurement (kept next to its checkpoint) and reports the same rows
     kept = sorted((tmp_path / "run").glob("*/finetune-*/levers-measure-2.json"))
     assert len(kept) == 3
@@ -182,9 +186,11 @@ def test_specificity_levers_input_levers_get_their_own_pretraining(tmp_path, mon
     out, run = tmp_path / "levers.json", tmp_path / "run"
     args = ["--config", str(SCRIPT.parents[1] / "configs" / "tiny.yaml"), "--steps", "4", "--out", str(run),
             "--results", str(out), "--val-instances", "2", "--levers", "base", "middle-layer", "attention",
-            "--set", "data.validation_tasks=3", "data.max_train_tasks=8", "pretrain.train.max_steps=2"]  # fmt: skip
+            "--set", "data.validation_tasks=3", "data.max_train_tasks=8", "pretrain.train.max_steps=2",
+            "seed=3"]  # fmt: skip
     assert levers.main(args) == 0
     results = json.loads(out.read_text())
+    assert (results["seed"], results["data_seed"]) == (3, 0)  # the seed the run used, not a constant
     for folder in ("hyper-default", "hyper-layer1", "hyper-attention"):
         assert (run / folder / "pretrain" / "DONE.json").is_file()
     layers = {n: c["model"]["instruction_layer"] for n, c in results["configs"].items()}
