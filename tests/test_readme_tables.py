@@ -297,7 +297,37 @@ TABLES |= {
     "lever (CE only, 128 steps, task_group 4, held-out categories, 26 training categories)": Table(
         ("benchmarks/results/specificity_levers_26categories.json",), lever_rows
     ),
+    "lever (CE only, 384 steps, task_group 4, held-out categories)": Table(
+        ("benchmarks/results/specificity_levers_category_384steps.json",), lever_rows
+    ),
 }
+SEED_RUNS = {  # row label -> the levers run (base and no-hypernet) it reads
+    "52 (232 tasks), seed 0": "benchmarks/results/specificity_levers_category.json",
+    "52 (232 tasks), seed 1": "benchmarks/results/specificity_levers_category_seed1.json",
+    "26 (100 tasks), seed 0": "benchmarks/results/specificity_levers_26categories.json",
+    "26 (100 tasks), seed 1": "benchmarks/results/specificity_levers_26categories_seed1.json",
+}
+
+
+def seed_rows(srcs: list[dict]) -> dict:
+    """Per run: base, no-hypernet, their difference, base's swap delta, both validation CEs (Def)."""
+    rows = {}
+    for label, src in zip(SEED_RUNS, srcs):
+        b, n = src["levers"]["base"], src["levers"]["no-hypernet"]
+        rows[label] = [
+            None,
+            [b["rougeL"]],
+            [n["rougeL"]],
+            [b["rougeL"] - n["rougeL"]],
+            [b["swap_delta"]],
+            [b["val_ce"]["val_ce_pos0"], n["val_ce"]["val_ce_pos0"]],
+        ]  # fmt: skip
+    return rows
+
+
+TABLES["training categories, seed (CE only, 128 steps, task_group 4, held-out categories)"] = Table(
+    tuple(SEED_RUNS.values()), seed_rows
+)
 UNCHECKED = {"module"}  # tables without results (the design table)
 
 
