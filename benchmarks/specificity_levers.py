@@ -140,15 +140,12 @@ def measure(cfg, folder: Path, backbone, instances: int = VAL_INSTANCES) -> dict
 
 def coverage(cfg, backbone) -> dict:
     """What the finetuning draws of its training set: examples, distinct tasks and distinct categories
-    (the sampler's own draw, as :class:`tagi.train.recipes.FinetuneRecipe` makes it on one process)."""
+    (:func:`tagi.train.recipes.finetune_stream`, the draw the finetuning makes, on one process)."""
     from tagi.train.common import training_tasks
-    from tagi.train.finetune import FinetuneData, student_lengths
-    from tagi.train.recipes import finetune_sampler
+    from tagi.train.recipes import finetune_stream
 
-    ft, (train, _) = cfg.finetune, training_tasks(cfg)
-    data = FinetuneData(train, ft.student_num_pos, cfg.teachers.num_pos, cfg.seed, ft.prompt_dropout)
-    sampler = finetune_sampler(ft, data, student_lengths(backbone, data, ft.fusion), cfg.seed, 1)
-    drawn = sampler.samples_until(ft.train.max_steps)
+    train, _ = training_tasks(cfg)
+    data, _, drawn = finetune_stream(cfg, backbone, train, cfg.teachers.num_pos, world_size=1)
     category = {t.name: t.category for t in train}
     tasks = {data.task_name(s.index) for s in drawn}
     return {

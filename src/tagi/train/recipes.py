@@ -30,13 +30,13 @@ from pathlib import Path
 import torch
 
 from tagi.backbones import Backbone
-from tagi.config import ExperimentConfig, FinetuneConfig, to_dict
+from tagi.config import ExperimentConfig, to_dict
 from tagi.data.prompts import format_instruction
 from tagi.data.sni import Task
 from tagi.errors import TagiError
 from tagi.hypernet import masked_mean
 from tagi.model import InstructionCache, TagiModel
-from tagi.train.batching import StepSampler
+from tagi.train.batching import Sample, StepSampler
 from tagi.train.common import is_done, training_tasks
 from tagi.train.distill import TeacherSet
 from tagi.train.finetune import (
@@ -114,12 +114,17 @@ def resolve_init(cfg: ExperimentConfig, init_ckpt: str | Path | None) -> Path | 
 # ------------------------------------------------------------------------------------------ finetuning
 
 
-def finetune_sampler(
-    ft: FinetuneConfig, data: FinetuneData, lengths: Sequence[int], seed: int, world_size: int
-) -> StepSampler:
-    """The finetuning's step sampler: ``ft.train``'s batches, in chunks of ``ft.task_group`` examples of
-    one task (1 = tasks mixed freely)."""
-    return step_sampler(lengths, ft.train, seed, world_size, data.task_ids(), ft.task_group)
+def finetune_stream(
+    cfg: ExperimentConfig, backbone: Backbone, tasks: Sequence[Task], teacher_num_pos: int, world_size: int
+) -> tuple[FinetuneData, StepSampler, list[Sample]]:
+    """The finetuning's data on ``tasks``, its step sampler (``finetune.train``'s batches, in chunks of
+    ``finetune.task_group`` examples of one task; 1 = tasks mixed freely) and every sample the whole run
+    draws (all steps, all ranks)."""
+    ft = cfg.finetune
+    data = FinetuneData(tasks, ft.student_num_pos, teacher_num_pos, cfg.seed, ft.prompt_dropout)
+    lengths = student_lengths(backbone, data, ft.fusion)
+    sampler = step_sampler(lengths, ft.train, cfg.seed, world_size, data.task_ids(), ft.task_group)
+    return data, sampler, sampler.samples_until(ft.train.max_steps)
 
 
 @dataclass
@@ -159,12 +164,8 @@ class FinetuneRecipe:
         init = resolve_init(cfg, init_ckpt)
         model = init_model(cfg, backbone, init, train_tasks)
         teacher_pos = teachers.num_pos if teachers else cfg.teachers.num_pos
-        data = FinetuneData(train_tasks, ft.student_num_pos, teacher_pos, cfg.seed, ft.prompt_dropout)
-        lengths = student_lengths(backbone, data, ft.fusion)
-        sampler = finetune_sampler(ft, data, lengths, cfg.seed, world_size)
-        drawn = sampler.samples_until(
-            ft.train.max_steps
-        )  # what the whole run will see: only these are prepared
+        # what the whole run will draw: only these are prepared
+        data, sampler, drawn = finetune_stream(cfg, backbone, train_tasks, teacher_pos, world_size)
         cache = InstructionCache()
         extra = [""] if ft.hyper_input == "empty" or ft.prompt_dropout > 0 else []
         used = list(dict.fromkeys(data.hyper_instruction(s) for s in drawn))
