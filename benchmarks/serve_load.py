@@ -3,6 +3,7 @@
     python benchmarks/serve_load.py [--checkpoint runs/demo/finetune/final] [--clients 1,4,16]
                                     [--adapters 1,8] [--requests 4] [--rounds 3] [--max-tokens 32]
                                     [--time-limit 1800] [--threads 2] [--prefix-cache-mb 256]
+                                    [--dtypes float32,bfloat16] [--modes batched,one_at_a_time]
                                     [--out benchmarks/results/serve_load.json]
     python benchmarks/serve_load.py --smoke --out /tmp/serve_load.json     # tiny random model, seconds
 
@@ -34,6 +35,11 @@ to each other mode, whether every output equals ``Tagi.predict`` for the same ad
 worker's model calls by kind (from the ``tagi_batch_*`` metrics): rows per call, and the share of model
 time in calls that prefill joining requests (alone or fused with a step) against plain decode steps.
 
+``--dtypes float32,bfloat16`` serves every cell with the base model in each dtype, one after the other
+(``tagi serve --dtype``; the hypernetwork stays float32), and records each mode's throughput in a dtype
+over float32's (``dtype_ratios``); the ``Tagi.predict`` references run in the cell's dtype. ``--modes``
+runs a subset of the modes.
+
 Each mode is reported by its round of median throughput; every round's throughput is kept, with the CPU
 time the hypervisor reports as stolen meanwhile (``steal_s``). This 2-core VM has spells of tens of
 seconds in which the same model call takes up to 1.6x longer, whatever the load average says, and one
@@ -53,12 +59,14 @@ import threading
 import time
 from multiprocessing.pool import Pool
 from pathlib import Path
+from typing import get_args
 
 import httpx
 import torch
 from benchtools import provenance, write_results
 
 from tagi import Tagi
+from tagi.config import Dtype
 from tagi.data.builtin import BUILTIN_TEST, make_builtin_task
 from tagi.serve.app import create_app
 from tagi.serve.runner import ServerThread, on_own_thread
@@ -226,24 +234,41 @@ def run_cell(tagi: Tagi, num_adapters: int, clients: int, args, pool: Pool) -> d
     plan = workload(num_adapters, clients, args.requests)
     # on a thread that ends, as tagi serve loads: each server's worker keeps the only OpenMP pool (runner.py)
     ref = on_own_thread(reference, tagi, instructions, plan, args.max_tokens)
-    order, by_mode = list(MODES), {mode: [] for mode in MODES}
+    order = args.modes
+    by_mode: dict[str, list[dict]] = {mode: [] for mode in order}
     for i in range(args.rounds):  # each round starts with the next mode: a slow spell hits every mode alike
         for mode in order[i % len(order) :] + order[: i % len(order)]:
             run = measure(tagi, mode, instructions, plan, args.max_tokens, args.prefix_cache_mb, pool)
             outputs = run.pop("_outputs")
             run["outputs_equal_predict"] = all(outputs.get(key) == want for key, want in ref.items())
             by_mode[mode].append(run)
-    runs = [median_run(by_mode[mode]) for mode in MODES]
+    runs = [median_run(by_mode[mode]) for mode in order]
     rate = {r["mode"]: r["completions_per_s"] for r in runs}
 
     def ratio(other: str) -> float | None:
-        return round(rate["batched"] / rate[other], 2) if rate[other] else None
+        return round(rate["batched"] / rate[other], 2) if rate.get("batched") and rate.get(other) else None
 
-    return {"adapters": num_adapters, "clients": clients, "requests": clients * args.requests, "runs": runs,
+    return {"adapters": num_adapters, "clients": clients, "dtype": tagi.backbone.cfg.dtype,
+            "requests": clients * args.requests, "runs": runs,
             "throughput_ratio_batched_vs_one_at_a_time": ratio("one_at_a_time"),
             "throughput_ratio_batched_vs_separate_prefill": ratio("separate_prefill"),
             "throughput_ratio_batched_vs_padded_prefill": ratio("padded_prefill"),
             "throughput_ratio_batched_vs_join_each_step": ratio("join_each_step")}  # fmt: skip
+
+
+def dtype_ratios(cells: list[dict]) -> list[dict]:
+    """For every cell served in several dtypes: each mode's throughput in a dtype over float32's, same run."""
+    out = []
+    for cell in cells:
+        ref = next((c for c in cells if (c["adapters"], c["clients"], c["dtype"]) ==
+                    (cell["adapters"], cell["clients"], "float32")), None)  # fmt: skip
+        if ref is None or cell is ref:
+            continue
+        base = {r["mode"]: r["completions_per_s"] for r in ref["runs"]}
+        out.append({"adapters": cell["adapters"], "clients": cell["clients"], "dtype": cell["dtype"],
+                    "throughput_vs_float32": {r["mode"]: round(r["completions_per_s"] / base[r["mode"]], 2)
+                                              for r in cell["runs"] if base.get(r["mode"])}})  # fmt: skip
+    return out
 
 
 def print_cell(cell: dict) -> None:
@@ -252,7 +277,7 @@ def print_cell(cell: dict) -> None:
               f"{r['tokens_per_s']:>8.1f} {r['p50_ms']:>9.0f} {r['p95_ms']:>9.0f} {r['errors']:>6} "
               f"{str(r['outputs_equal_predict']):>6} {r['mean_rows_per_call']!s:>9} {r['prefill_share']!s:>8}",
               flush=True)  # fmt: skip
-    print(f"{'':>8} {'':>7} {'ratio':>14} {cell['throughput_ratio_batched_vs_one_at_a_time']!s:>9}x vs one at a "
+    print(f"{cell['dtype']:>16} {'ratio':>14} {cell['throughput_ratio_batched_vs_one_at_a_time']!s:>9}x vs one at a "
           f"time, {cell['throughput_ratio_batched_vs_separate_prefill']!s}x vs separate prefill, "
           f"{cell['throughput_ratio_batched_vs_padded_prefill']!s}x vs padded prefill, "
           f"{cell['throughput_ratio_batched_vs_join_each_step']!s}x vs join each step", flush=True)  # fmt: skip
@@ -276,9 +301,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prefix-cache-mb", type=int, default=256, help="the servers' prefix cache (0 = off), every mode"
     )
+    parser.add_argument(
+        "--dtypes",
+        type=lambda t: [x for x in t.split(",") if x],
+        default=None,
+        help="base-model dtypes to serve, each cell in each one after the other, e.g. float32,bfloat16 "
+        "(default: the checkpoint's model.dtype)",
+    )
+    parser.add_argument(
+        "--modes",
+        type=lambda t: [x for x in t.split(",") if x],
+        default=list(MODES),
+        help=f"modes to run, of {','.join(MODES)} (default: all)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny random model, 2 requests per client")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_load.json"))
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.modes) - set(MODES)) + sorted(set(args.dtypes or ()) - set(get_args(Dtype)))
+    if unknown or not args.modes:
+        parser.error(f"unknown or no modes/dtypes: {unknown}")
     torch.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory(prefix="serve-load-")
     if args.smoke:
@@ -293,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     load_start, t_start = os.getloadavg()[0], time.perf_counter()
-    tagi = on_own_thread(Tagi.from_checkpoint, args.checkpoint)  # on a thread that ends: see run_cell
+    # loaded on a thread that ends: see run_cell; one Tagi per dtype (None: the checkpoint's model.dtype)
+    tagis = {d: on_own_thread(Tagi.from_checkpoint, args.checkpoint, dtype=d) for d in args.dtypes or [None]}
     print(f"{'adapters':>8} {'clients':>7} {'mode':>14} {'compl/s':>9} {'tok/s':>8} {'p50 ms':>9} {'p95 ms':>9} "
           f"{'errors':>6} {'=pred':>6} {'rows/call':>9} {'prefill':>8}")  # fmt: skip
     cells, skipped = [], []
@@ -302,16 +344,21 @@ def main(argv: list[str] | None = None) -> int:
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         for a in args.adapters:
             for n in args.clients:
-                if time.perf_counter() - t_start > args.time_limit:
-                    skipped.append({"adapters": a, "clients": n})
-                    continue
-                cells.append(run_cell(tagi, a, n, args, pool))
-                print_cell(cells[-1])
+                for tagi in tagis.values():
+                    if time.perf_counter() - t_start > args.time_limit:
+                        skipped.append({"adapters": a, "clients": n, "dtype": tagi.backbone.cfg.dtype})
+                        continue
+                    cells.append(run_cell(tagi, a, n, args, pool))
+                    print_cell(cells[-1])
     tmp.cleanup()
     shown = Path(args.checkpoint).resolve()
     shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
+    tagi = next(iter(tagis.values()))
     result = {"checkpoint": str(shown), "base_model": tagi.backbone.cfg.name, "max_tokens": args.max_tokens,
-              "requests_per_client": args.requests, "rounds": args.rounds, "modes": MODES, "prefix_cache_mb": args.prefix_cache_mb, "cells": cells, "skipped_cells": skipped,
+              "requests_per_client": args.requests, "rounds": args.rounds,
+              "modes": {m: MODES[m] for m in args.modes}, "dtypes": [t.backbone.cfg.dtype for t in tagis.values()],
+              "prefix_cache_mb": args.prefix_cache_mb, "cells": cells, "skipped_cells": skipped,
+              "dtype_ratios": dtype_ratios(cells),
               "total_errors": sum(r["errors"] for c in cells for r in c["runs"]),
               **provenance("serve_load.py", argv, args.threads, load_start)}  # fmt: skip
     write_results(args.out, result)

@@ -15,7 +15,7 @@ from tagi.cli import main
 from tagi.config import HyperConfig
 from tagi.data import format_instruction, load_task
 from tagi.files import write_jsonl
-from tagi.model import TagiModel
+from tagi.model import CheckpointError, TagiModel
 
 INPUTS = ["hello world", "abc"]
 TASK = {
@@ -161,3 +161,35 @@ def test_entry_point_smoke(ckpt):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr
     assert [r["input"] for r in rows(res.stdout)] == ["hi"]
+
+
+def test_dtype_runs_the_base_model_in_it_and_the_adapter_records_it(ckpt, tmp_path, capsys):
+    """--dtype bfloat16: the adapter is made with the base model in bfloat16 and says so; predict --adapter
+    then reloads that base model in bfloat16 by itself and equals predict --checkpoint --dtype bfloat16."""
+    bf16 = Tagi.from_checkpoint(ckpt, dtype="bfloat16")
+    assert bf16.backbone.model.dtype == torch.bfloat16
+    assert {p.dtype for p in bf16.model.hypernet.parameters()} == {torch.float32}
+    out = tmp_path / "ad"
+    code, _, _ = run(capsys, "generate", "--checkpoint", ckpt, "--instruction", "Copy the input", "--out", out,
+                     "--dtype", "bfloat16")  # fmt: skip
+    saved = Adapter.load(out)
+    assert code == 0 and saved.model["dtype"] == "bfloat16"
+    made = bf16.generate_adapter("Copy the input")
+    assert all(torch.equal(saved.weights.A[n], made.weights.A[n]) for n in saved.weights.names)
+    expected = bf16.predict(INPUTS, made, max_new_tokens=5)
+    code, stdout, _ = run(capsys, "predict", "--adapter", out, "--input", *INPUTS, "--max-new-tokens", 5)
+    assert code == 0 and [r["output"] for r in rows(stdout)] == expected
+    code, stdout, _ = run(capsys, "predict", "--checkpoint", ckpt, "--instruction", "Copy the input",
+                          "--input", *INPUTS, "--max-new-tokens", 5, "--dtype", "bfloat16")  # fmt: skip
+    assert code == 0 and [r["output"] for r in rows(stdout)] == expected
+    assert Tagi.for_adapter(saved, dtype="float32").backbone.model.dtype == torch.float32  # override
+
+
+def test_dtype_errors(ckpt, backbones, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:  # argparse refuses it before anything is loaded
+        run(capsys, "generate", "--checkpoint", ckpt, "--instruction", "x", "--out", tmp_path / "a",
+            "--dtype", "float64")  # fmt: skip
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "invalid choice: 'float64'" in err and not (tmp_path / "a").exists()
+    with pytest.raises(CheckpointError, match="dtype=bfloat16 but the given base model is loaded as float32"):
+        Tagi.from_checkpoint(ckpt, backbone=backbones["tiny-llama"], dtype="bfloat16")

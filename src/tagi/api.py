@@ -43,7 +43,7 @@ import torch
 
 from tagi.adapters import Adapter, peft_base_name
 from tagi.backbones import Backbone, PromptExample, load_backbone
-from tagi.config import ModelConfig, from_dict, to_dict
+from tagi.config import Dtype, ModelConfig, from_dict, to_dict
 from tagi.data import Task, format_instruction, format_source
 from tagi.errors import TagiError
 from tagi.files import file_sha256
@@ -84,8 +84,19 @@ class Tagi:
         self.fusion = fusion
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", backbone: Backbone | None = None) -> Tagi:
-        """Load a hypernetwork checkpoint folder (and its base model unless ``backbone`` is given)."""
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        backbone: Backbone | None = None,
+        dtype: Dtype | None = None,
+    ) -> Tagi:
+        """Load a hypernetwork checkpoint folder (and its base model unless ``backbone`` is given).
+
+        ``dtype`` (``"float32"``, ``"bfloat16"``, ``"float16"``) runs the base model in that dtype instead
+        of the checkpoint's ``model.dtype``; adapters made then record it, so ``tagi predict --adapter``
+        reloads the base model as they were made.
+        """
         path = Path(path)
         if not path.exists():
             raise CheckpointError(f"checkpoint not found: {path}")
@@ -96,14 +107,18 @@ class Tagi:
         if (path / "finetune" / "final").is_dir() and not (path / "tagi_config.json").exists():
             raise CheckpointError(f"{path} is a run folder; pass its checkpoint, e.g. {path}/finetune/final")
         cfg = read_checkpoint_config(path)
-        model = TagiModel.load(path, backbone=backbone, device=device)
+        if backbone is not None and dtype is not None and backbone.cfg.dtype != dtype:
+            raise CheckpointError(f"dtype={dtype} but the given base model is loaded as {backbone.cfg.dtype}")
+        model = TagiModel.load(path, backbone=backbone, device=device, dtype=dtype)
         sha = cfg.get("sha256") or file_sha256(path / "hypernet.safetensors")
         return cls(model.bb, model, checkpoint_sha256=sha, fusion=bool(cfg.get("fusion", True)))
 
     @classmethod
-    def for_adapter(cls, adapter: Adapter, device: str = "cpu") -> Tagi:
-        """The base model an adapter was made for (no hypernetwork: runs adapters, cannot make them)."""
-        return cls(load_backbone(from_dict(ModelConfig, adapter.model), device=device))
+    def for_adapter(cls, adapter: Adapter, device: str = "cpu", dtype: Dtype | None = None) -> Tagi:
+        """The base model an adapter was made for (no hypernetwork: runs adapters, cannot make them), in
+        the dtype the adapter records unless ``dtype`` is given."""
+        model = adapter.model | ({"dtype": dtype} if dtype else {})
+        return cls(load_backbone(from_dict(ModelConfig, model), device=device))
 
     # ---- adapters
     def instruction_text(

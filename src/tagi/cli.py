@@ -85,8 +85,9 @@ def build_parser(name: str, fn: Callable) -> argparse.ArgumentParser:
             kwargs = {"type": base if base in (int, float) else str}
             if typing.get_origin(base) is list:
                 kwargs = {"nargs": "*", "type": str}
-            if typing.get_origin(tp) is typing.Literal:
-                kwargs = {"type": str, "choices": list(args)}
+            literal = next((t for t in (tp, base) if typing.get_origin(t) is typing.Literal), None)
+            if literal is not None:  # Literal[...] or Literal[...] | None
+                kwargs = {"type": str, "choices": list(typing.get_args(literal))}
             required = default is inspect.Parameter.empty
             kwargs |= {"required": required, "default": None if required else default, "help": help_}
             p.add_argument(f"--{pname.replace('_', '-')}", dest=pname, **kwargs)

@@ -27,7 +27,7 @@ from torch import nn
 
 from tagi.backbones import Backbone, load_backbone
 from tagi.backbones.base import ModelBatch, PromptMode, pad_right
-from tagi.config import HyperConfig, ModelConfig, from_dict, to_dict
+from tagi.config import Dtype, HyperConfig, ModelConfig, from_dict, to_dict
 from tagi.encoders import SentenceEncoder
 from tagi.errors import TagiError
 from tagi.files import atomic_dir, file_sha256, read_config_json
@@ -154,11 +154,22 @@ class TagiModel(nn.Module):
         return Path(out_dir)
 
     @classmethod
-    def load(cls, ckpt_dir: str | Path, backbone: Backbone | None = None, device: str = "cpu") -> TagiModel:
-        """Load a checkpoint; the base model is loaded from its recorded config unless ``backbone`` is given."""
+    def load(
+        cls,
+        ckpt_dir: str | Path,
+        backbone: Backbone | None = None,
+        device: str = "cpu",
+        dtype: Dtype | None = None,
+    ) -> TagiModel:
+        """Load a checkpoint; the base model is loaded from its recorded config unless ``backbone`` is given.
+
+        ``dtype`` runs the base model in another dtype than the one it was trained with (``model.dtype``
+        of the checkpoint); the hypernetwork's weights are float32 either way.
+        """
         cfg = read_checkpoint_config(ckpt_dir)
         if backbone is None:
-            backbone = load_backbone(from_dict(ModelConfig, cfg["model"]), device=device)
+            mcfg = from_dict(ModelConfig, cfg["model"] | ({"dtype": dtype} if dtype else {}))
+            backbone = load_backbone(mcfg, device=device)
         mine = [[t.name, t.kind, t.layer, t.in_features, t.out_features] for t in backbone.targets]
         if mine != cfg["targets"]:
             raise CheckpointError(

@@ -7,8 +7,9 @@ import copy
 import pytest
 import torch
 
-from tagi.backbones import PromptExample
+from tagi.backbones import PromptExample, load_backbone
 from tagi.backbones.base import IGNORE
+from tagi.config import ModelConfig
 from tagi.lora import LoraWeights, apply_lora
 from tagi_testing import assert_close64, assert_rows_match_full_prompts, float64_copy, random_adapter
 
@@ -247,3 +248,21 @@ def test_sequence_nll_prefers_trained_answer(backbone):
     batch = backbone.collate(EXS[:2], "concat")
     nll = backbone.sequence_nll(batch)
     assert nll.shape == (2,) and torch.isfinite(nll).all()
+
+
+def test_low_precision_output_head_never_copies_its_weight():
+    """A bfloat16 head reads ``hidden[:, -1:]`` (a strided view) as a dense tensor: without that, torch's
+    CPU matmul broadcasts and copies the whole [V, d] weight on every prefill. The logits are unchanged."""
+    bb = load_backbone(ModelConfig(name="tiny-llama", dtype="bfloat16"))
+    head = bb.model.get_output_embeddings()
+    ids = torch.arange(3, 40).reshape(1, -1)
+    with torch.inference_mode(), torch.profiler.profile(record_shapes=True) as prof:
+        logits = bb.model(input_ids=ids, logits_to_keep=1).logits  # [1, 1, V]
+    weight_shape = [1, *head.weight.t().shape]  # [1, d, V]: the broadcast weight of a batched product
+    copies = [e for e in prof.events() if e.name == "aten::copy_" and weight_shape in e.input_shapes]
+    assert not copies
+    with torch.inference_mode():
+        last = bb.model.model(input_ids=ids).last_hidden_state[:, -1:]  # [1, 1, d]
+        assert torch.equal(logits, torch.nn.functional.linear(last.contiguous(), head.weight))
+    float32 = load_backbone(ModelConfig(name="tiny-llama"))
+    assert not float32.model.get_output_embeddings()._forward_pre_hooks  # float32 keeps its own path

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +16,7 @@ import httpx
 import torch
 
 from tagi import Tagi
+from tagi.cli import main as cli_main
 from tagi.config import HyperConfig
 from tagi.model import TagiModel
 from tagi.serve.app import create_app
@@ -78,3 +82,46 @@ def worker_paused(service: Service) -> Iterator[None]:
         yield
     finally:
         release.set()
+
+
+def predict_downloaded(client: httpx.Client, adapters: list[str], root: Path, max_tokens: int) -> dict:
+    """``tagi predict --adapter DIR`` on each adapter's downloaded PEFT folder (which reloads the base model
+    as the adapter records it): {(adapter id, input): output} over :data:`INPUTS`."""
+    out = {}
+    for key in adapters:
+        zipfile.ZipFile(io.BytesIO(client.get(f"/v1/adapters/{key}/peft.zip").content)).extractall(root)
+        rows = root / f"{key}.jsonl"
+        argv = ["predict", "--adapter", str(root / f"tagi-{key}"), "--input", *INPUTS,
+                "--max-new-tokens", str(max_tokens), "--output", str(rows)]  # fmt: skip
+        assert cli_main(argv) == 0
+        for line in rows.read_text().splitlines():
+            row = json.loads(line)
+            out[key, row["input"]] = row["output"]
+    return out
+
+
+def complete(client: httpx.Client, key: str, text: str, max_tokens: int) -> str:
+    r = client.post("/v1/completions", json={"model": key, "prompt": text, "max_tokens": max_tokens})
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["text"]
+
+
+def run_clients(url: str, adapters: list[str], n: int, max_tokens: int) -> dict[tuple[int, str], str]:
+    """``n`` clients in threads, client ``i`` on adapter ``i % len(adapters)``, each over all inputs."""
+    results, errors = {}, []
+
+    def client(i: int) -> None:
+        try:
+            with httpx.Client(base_url=url, timeout=WAIT_S) as c:
+                for text in INPUTS:
+                    results[i, text] = complete(c, adapters[i % len(adapters)], text, max_tokens)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT_S)
+    assert not errors, errors
+    return results

@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
-import io
-import json
 import threading
-import zipfile
 
 import httpx
 import pytest
-from serve_testing import INPUTS, INSTRUCTIONS, WAIT_S, wait_until, worker_paused
-
-from tagi.cli import main as cli_main
+from serve_testing import (
+    INPUTS,
+    INSTRUCTIONS,
+    WAIT_S,
+    complete,
+    predict_downloaded,
+    run_clients,
+    wait_until,
+    worker_paused,
+)
 
 MT = 6
 
@@ -24,58 +28,18 @@ def adapters(server):
 
 @pytest.fixture(scope="module")
 def predicted(server, adapters, tmp_path_factory):
-    """``tagi predict --adapter DIR`` on each adapter's downloaded PEFT folder: {(adapter id, input): output}."""
-    root, out = tmp_path_factory.mktemp("peft"), {}
-    for key in adapters:
-        zipfile.ZipFile(io.BytesIO(server.client.get(f"/v1/adapters/{key}/peft.zip").content)).extractall(
-            root
-        )
-        rows = root / f"{key}.jsonl"
-        argv = ["predict", "--adapter", str(root / f"tagi-{key}"), "--input", *INPUTS,
-                "--max-new-tokens", str(MT), "--output", str(rows)]  # fmt: skip
-        assert cli_main(argv) == 0
-        for line in rows.read_text().splitlines():
-            row = json.loads(line)
-            out[key, row["input"]] = row["output"]
-    return out
-
-
-def complete(client: httpx.Client, key: str, text: str) -> str:
-    r = client.post("/v1/completions", json={"model": key, "prompt": text, "max_tokens": MT})
-    assert r.status_code == 200, r.text
-    return r.json()["choices"][0]["text"]
+    return predict_downloaded(server.client, adapters, tmp_path_factory.mktemp("peft"), MT)
 
 
 def test_one_client_equals_tagi_predict(server, adapters, predicted):
     assert sum(bool(y) for y in predicted.values()) > len(predicted) // 2  # equality means something
     for key in adapters:
         for text in INPUTS:
-            assert complete(server.client, key, text) == predicted[key, text]
-
-
-def run_clients(url: str, adapters: list[str], n: int) -> dict[tuple[int, str], str]:
-    """``n`` clients in threads, client ``i`` on adapter ``i % len(adapters)``, each over all inputs."""
-    results, errors = {}, []
-
-    def client(i: int) -> None:
-        try:
-            with httpx.Client(base_url=url, timeout=WAIT_S) as c:
-                for text in INPUTS:
-                    results[i, text] = complete(c, adapters[i % len(adapters)], text)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(WAIT_S)
-    assert not errors, errors
-    return results
+            assert complete(server.client, key, text, MT) == predicted[key, text]
 
 
 def test_eight_concurrent_clients_on_four_adapters_equal_tagi_predict(server, adapters, predicted):
-    results = run_clients(server.url, adapters, 8)
+    results = run_clients(server.url, adapters, 8, MT)
     assert len(results) == 8 * len(INPUTS)
     for (i, text), output in results.items():
         assert output == predicted[adapters[i % 4], text]
@@ -93,7 +57,7 @@ def test_requests_for_different_adapters_decode_in_one_batch(server, adapters, p
 
     def one(i: int) -> None:
         with httpx.Client(base_url=server.url, timeout=WAIT_S) as c:
-            results[i] = complete(c, adapters[i % 4], INPUTS[i % len(INPUTS)])
+            results[i] = complete(c, adapters[i % 4], INPUTS[i % len(INPUTS)], MT)
 
     with worker_paused(server.service):  # the 8 requests wait in the queue together
         scheduler.on_batch = lambda kind, rows, s: (calls.append((kind, rows)), observe(kind, rows, s))

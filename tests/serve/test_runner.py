@@ -37,9 +37,9 @@ def test_tagi_serve_loads_the_model_on_a_thread_that_ends(serve_ckpt, monkeypatc
     loaded, served = {}, {}
     load = Tagi.from_checkpoint
 
-    def recording_load(path, device="cpu", backbone=None):
-        loaded["thread"] = threading.current_thread()
-        return load(path, device=device, backbone=backbone)
+    def recording_load(path, device="cpu", backbone=None, dtype=None):
+        loaded["thread"], loaded["dtype"] = threading.current_thread(), dtype
+        return load(path, device=device, backbone=backbone, dtype=dtype)
 
     def no_serving(self, *args, **kwargs):  # the server would block; the service is built by now
         served["thread"] = threading.current_thread()
@@ -49,3 +49,6 @@ def test_tagi_serve_loads_the_model_on_a_thread_that_ends(serve_ckpt, monkeypatc
     assert cli_main(["serve", "--checkpoint", str(serve_ckpt), "--port", "0"]) == 0
     assert served["thread"] is threading.current_thread()
     assert loaded["thread"] is not threading.current_thread() and not loaded["thread"].is_alive()
+    assert loaded["dtype"] is None  # the checkpoint's own model.dtype
+    assert cli_main(["serve", "--checkpoint", str(serve_ckpt), "--port", "0", "--dtype", "bfloat16"]) == 0
+    assert loaded["dtype"] == "bfloat16"

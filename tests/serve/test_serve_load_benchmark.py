@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
 
 
@@ -60,3 +62,29 @@ def test_each_mode_is_reported_by_its_median_round(monkeypatch):
     assert out["rounds_completions_per_s"] == [3.0, 1.0, 2.0]  # in the order they ran
     assert out["errors"] == 1 and out["outputs_equal_predict"] is False  # over every round
     assert bench.median_run(rounds[:2])["completions_per_s"] == 1.0  # even: the lower middle
+
+
+def test_smoke_run_in_two_dtypes_with_two_modes(tmp_path, monkeypatch):
+    bench = load_script(monkeypatch)
+    out = tmp_path / "serve_load.json"
+    argv = ["--smoke", "--clients", "2", "--adapters", "2", "--dtypes", "float32,bfloat16",
+            "--modes", "batched,one_at_a_time", "--out", str(out)]  # fmt: skip
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["dtypes"] == ["float32", "bfloat16"] and list(result["modes"]) == [
+        "batched",
+        "one_at_a_time",
+    ]
+    assert [c["dtype"] for c in result["cells"]] == ["float32", "bfloat16"]
+    for cell in result["cells"]:
+        assert [r["mode"] for r in cell["runs"]] == ["batched", "one_at_a_time"]
+        assert all(r["errors"] == 0 and r["outputs_equal_predict"] for r in cell["runs"])
+        assert cell["throughput_ratio_batched_vs_one_at_a_time"] > 0
+        assert cell["throughput_ratio_batched_vs_separate_prefill"] is None  # not run
+    (ratio,) = result["dtype_ratios"]
+    assert ratio["dtype"] == "bfloat16" and set(ratio["throughput_vs_float32"]) == {
+        "batched",
+        "one_at_a_time",
+    }
+    with pytest.raises(SystemExit):
+        bench.main(["--smoke", "--modes", "batched,fastest", "--out", str(out)])

@@ -14,6 +14,7 @@ from typing import Any
 
 from tagi.adapters import Adapter, check_out_dir
 from tagi.api import GenerateError, Tagi
+from tagi.config import Dtype
 from tagi.data import load_task
 from tagi.files import jsonl_rows, write_jsonl
 
@@ -71,6 +72,7 @@ def generate(
     fusion: str = "auto",
     overwrite: bool = False,
     device: str = "cpu",
+    dtype: Dtype | None = None,
 ) -> int:
     """Generate a LoRA adapter from an instruction and save it as a PEFT folder (+ tagi.json).
 
@@ -84,12 +86,13 @@ def generate(
         fusion: fuse the instruction at inference: auto (as the checkpoint was trained), on or off.
         overwrite: replace an existing adapter folder.
         device: torch device.
+        dtype: run the base model in this dtype (default: the checkpoint's model.dtype); tagi.json records it.
     """
     if (instruction is None) == (task_file is None):
         raise GenerateError("give exactly one of --instruction or --task-file")
     _check_fusion(fusion)
     check_out_dir(out, overwrite)  # fail before loading anything
-    tagi = Tagi.from_checkpoint(checkpoint, device=device)
+    tagi = Tagi.from_checkpoint(checkpoint, device=device, dtype=dtype)
     adapter = _make_adapter(tagi, instruction, task_file, pos_examples, raw, fusion)
     folder = adapter.save(out, overwrite=overwrite)
     log.info(
@@ -116,6 +119,7 @@ def predict(
     top_p: float = 1.0,
     seed: int | None = None,
     device: str = "cpu",
+    dtype: Dtype | None = None,
 ) -> int:
     """Run a generated adapter on inputs; prints JSONL rows {"input", "output"} (or writes --output).
 
@@ -136,6 +140,7 @@ def predict(
         top_p: nucleus sampling threshold (with --temperature > 0).
         seed: random seed for sampling.
         device: torch device.
+        dtype: run the base model in this dtype (default: the adapter's or the checkpoint's model.dtype).
     """
     _check_fusion(fusion)
     if (input is None) == (input_file is None):
@@ -154,9 +159,9 @@ def predict(
         raise GenerateError("--input needs at least one text")
     saved = Adapter.load(adapter) if adapter is not None else None
     if checkpoint is not None:
-        tagi = Tagi.from_checkpoint(checkpoint, device=device)
+        tagi = Tagi.from_checkpoint(checkpoint, device=device, dtype=dtype)
     else:
-        tagi = Tagi.for_adapter(saved, device=device)
+        tagi = Tagi.for_adapter(saved, device=device, dtype=dtype)
     ad = (
         saved if saved is not None else _make_adapter(tagi, instruction, task_file, pos_examples, raw, fusion)
     )

@@ -16,7 +16,7 @@ importable from ``tagi.config``.
 from tagi.config.data import DataConfig
 from tagi.config.evaluation import EvalConfig
 from tagi.config.experiment import ExperimentConfig, load_config
-from tagi.config.model import HyperConfig, ModelConfig
+from tagi.config.model import Dtype, HyperConfig, ModelConfig
 from tagi.config.schema import ConfigError, apply_overrides, describe, field_, from_dict, to_dict
 from tagi.config.training import FinetuneConfig, LossConfig, PretrainConfig, TeachersConfig, TrainConfig
 from tagi.config.yaml_files import read_config_yaml, read_yaml
@@ -24,6 +24,7 @@ from tagi.config.yaml_files import read_config_yaml, read_yaml
 __all__ = [
     "ConfigError",
     "DataConfig",
+    "Dtype",
     "EvalConfig",
     "ExperimentConfig",
     "FinetuneConfig",

@@ -7,6 +7,8 @@ from typing import Literal
 
 from tagi.config.schema import check, field_
 
+Dtype = Literal["float32", "bfloat16", "float16"]
+
 
 @dataclass
 class ModelConfig:
@@ -20,7 +22,12 @@ class ModelConfig:
     family: Literal["auto", "causal", "seq2seq"] = field_(
         "auto", "Backbone family; 'auto' reads it from the model config."
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = field_("float32", "Dtype of the frozen base weights.")
+    dtype: Dtype = field_(
+        "float32",
+        "Dtype of the frozen base weights and of its model calls. bfloat16 halves the weights' memory and "
+        "is faster on CPUs with bfloat16 instructions (benchmarks/serve_load.py --dtype measures it); its "
+        "outputs differ from float32's by rounding. The hypernetwork itself stays float32.",
+    )
     target_modules: list[str] = field_(
         [],
         "Module kinds that receive a LoRA. Empty = family default (T5: q,v of encoder self, decoder self "
