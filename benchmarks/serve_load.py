@@ -224,6 +224,7 @@ def median_run(runs: list[dict]) -> dict:
     out["rounds_completions_per_s"] = [r["completions_per_s"] for r in runs]
     out["errors"] = sum(r["errors"] for r in runs)
     out["outputs_equal_predict"] = all(r["outputs_equal_predict"] for r in runs)
+    out["outputs_equal_predict_share"] = min(r["outputs_equal_predict_share"] for r in runs)  # worst round
     return out
 
 
@@ -240,7 +241,9 @@ def run_cell(tagi: Tagi, num_adapters: int, clients: int, args, pool: Pool) -> d
         for mode in order[i % len(order) :] + order[: i % len(order)]:
             run = measure(tagi, mode, instructions, plan, args.max_tokens, args.prefix_cache_mb, pool)
             outputs = run.pop("_outputs")
-            run["outputs_equal_predict"] = all(outputs.get(key) == want for key, want in ref.items())
+            equal = [outputs.get(key) == want for key, want in ref.items()]
+            run["outputs_equal_predict"] = all(equal)
+            run["outputs_equal_predict_share"] = round(sum(equal) / len(equal), 3)
             by_mode[mode].append(run)
     runs = [median_run(by_mode[mode]) for mode in order]
     rate = {r["mode"]: r["completions_per_s"] for r in runs}
@@ -249,7 +252,7 @@ def run_cell(tagi: Tagi, num_adapters: int, clients: int, args, pool: Pool) -> d
         return round(rate["batched"] / rate[other], 2) if rate.get("batched") and rate.get(other) else None
 
     return {"adapters": num_adapters, "clients": clients, "dtype": tagi.backbone.cfg.dtype,
-            "requests": clients * args.requests, "runs": runs,
+            "requests": clients * args.requests, "runs": runs, "_reference": ref,
             "throughput_ratio_batched_vs_one_at_a_time": ratio("one_at_a_time"),
             "throughput_ratio_batched_vs_separate_prefill": ratio("separate_prefill"),
             "throughput_ratio_batched_vs_padded_prefill": ratio("padded_prefill"),
@@ -265,9 +268,12 @@ def dtype_ratios(cells: list[dict]) -> list[dict]:
         if ref is None or cell is ref:
             continue
         base = {r["mode"]: r["completions_per_s"] for r in ref["runs"]}
+        same = [cell["_reference"][key] == want for key, want in ref["_reference"].items()]
         out.append({"adapters": cell["adapters"], "clients": cell["clients"], "dtype": cell["dtype"],
                     "throughput_vs_float32": {r["mode"]: round(r["completions_per_s"] / base[r["mode"]], 2)
-                                              for r in cell["runs"] if base.get(r["mode"])}})  # fmt: skip
+                                              for r in cell["runs"] if base.get(r["mode"])},
+                    # Tagi.predict in this dtype against float32's, same adapters' instructions and inputs
+                    "predict_equal_float32_share": round(sum(same) / len(same), 3)})  # fmt: skip
     return out
 
 
@@ -358,9 +364,11 @@ def main(argv: list[str] | None = None) -> int:
               "requests_per_client": args.requests, "rounds": args.rounds,
               "modes": {m: MODES[m] for m in args.modes}, "dtypes": [t.backbone.cfg.dtype for t in tagis.values()],
               "prefix_cache_mb": args.prefix_cache_mb, "cells": cells, "skipped_cells": skipped,
-              "dtype_ratios": dtype_ratios(cells),
+              "dtype_ratios": dtype_ratios(cells),  # before the references are dropped below
               "total_errors": sum(r["errors"] for c in cells for r in c["runs"]),
               **provenance("serve_load.py", argv, args.threads, load_start)}  # fmt: skip
+    for cell in cells:
+        del cell["_reference"]
     write_results(args.out, result)
     return 1 if result["total_errors"] else 0
 

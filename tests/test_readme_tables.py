@@ -138,6 +138,28 @@ def serve_rows(srcs: list[dict]) -> dict:
     return rows
 
 
+def dtype_rows(srcs: list[dict]) -> dict:
+    """benchmarks/serve_load.py --dtypes: per cell and dtype, batched and one-at-a-time throughput, their
+    ratio, each against float32's, the shares of outputs equal to Tagi.predict, rows per call, latency."""
+    d = srcs[0]
+    vs = {(r["adapters"], r["clients"], r["dtype"]): r for r in d["dtype_ratios"]}
+    rows = {}
+    for c in d["cells"]:
+        run, key = {r["mode"]: r for r in c["runs"]}, (c["adapters"], c["clients"], c["dtype"])
+        b, s = run["batched"], run["one_at_a_time"]
+        x = vs.get(key, {"throughput_vs_float32": {"batched": 1.0, "one_at_a_time": 1.0},
+                         "predict_equal_float32_share": 1.0})  # fmt: skip
+        rows[f"{c['adapters']} × {c['clients']}, {c['dtype']}"] = [
+            None, [b["completions_per_s"]], [s["completions_per_s"]],
+            [c["throughput_ratio_batched_vs_one_at_a_time"]],
+            [x["throughput_vs_float32"]["batched"], x["throughput_vs_float32"]["one_at_a_time"]],
+            [b["outputs_equal_predict_share"], s["outputs_equal_predict_share"]],
+            [x["predict_equal_float32_share"]], [b["mean_rows_per_call"]], [b["p50_ms"], b["p95_ms"]],
+            [b["errors"] + s["errors"]],
+        ]  # fmt: skip
+    return rows
+
+
 def pool_rows(srcs: list[dict]) -> dict:
     """benchmarks/openmp_pools.py: per shape, ms with the model loaded on the main thread, on a thread that
     ended, and their ratio; then the CPU cores used."""
@@ -264,6 +286,7 @@ TABLES |= {
         ("benchmarks/results/teacher_quality_8steps.json",), teacher_rows
     ),
     "model call on the worker thread": Table(("benchmarks/results/openmp_pools.json",), pool_rows),
+    "adapters × clients, dtype": Table(("benchmarks/results/serve_load_dtype.json",), dtype_rows),
     "lever (CE only, 128 steps, task_group 4)": Table(
         ("benchmarks/results/specificity_levers.json",), lever_rows
     ),

@@ -84,7 +84,9 @@ def worker_paused(service: Service) -> Iterator[None]:
         release.set()
 
 
-def predict_downloaded(client: httpx.Client, adapters: list[str], root: Path, max_tokens: int) -> dict:
+def predict_downloaded(
+    client: httpx.Client, adapters: list[str], root: Path, max_tokens: int, batch_size: int = 16
+) -> dict:
     """``tagi predict --adapter DIR`` on each adapter's downloaded PEFT folder (which reloads the base model
     as the adapter records it): {(adapter id, input): output} over :data:`INPUTS`."""
     out = {}
@@ -92,7 +94,7 @@ def predict_downloaded(client: httpx.Client, adapters: list[str], root: Path, ma
         zipfile.ZipFile(io.BytesIO(client.get(f"/v1/adapters/{key}/peft.zip").content)).extractall(root)
         rows = root / f"{key}.jsonl"
         argv = ["predict", "--adapter", str(root / f"tagi-{key}"), "--input", *INPUTS,
-                "--max-new-tokens", str(max_tokens), "--output", str(rows)]  # fmt: skip
+                "--max-new-tokens", str(max_tokens), "--output", str(rows), "--batch-size", str(batch_size)]  # fmt: skip
         assert cli_main(argv) == 0
         for line in rows.read_text().splitlines():
             row = json.loads(line)

@@ -1,6 +1,11 @@
-"""A server running its base model in bfloat16 (``tagi serve --dtype bfloat16``): requests for different
-adapters decoded together still equal ``tagi predict`` on the downloaded PEFT folders, which record the
-dtype and reload the base model in it."""
+"""A server running its base model in bfloat16 (``tagi serve --dtype bfloat16``).
+
+What holds in bfloat16: the downloaded PEFT folders record the dtype and ``tagi predict --adapter`` reloads the
+base model in it; a request decoded alone equals ``tagi predict --batch-size 1`` (the same computation, row for
+row); requests for different adapters decode together without error. What does not: equality with other batch
+shapes. bfloat16 products round differently for different numbers of rows, enough to change some greedy
+outputs of SmolLM2 (``benchmarks/serve_load.py --dtypes float32,bfloat16`` counts them), so no test asserts it.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,6 @@ from serve_testing import (
     WAIT_S,
     complete,
     predict_downloaded,
-    run_clients,
     running_server,
     wait_until,
     worker_paused,
@@ -37,17 +41,28 @@ def bf16_server(serve_ckpt):
         yield srv
 
 
-def test_bfloat16_server_equals_tagi_predict_with_eight_clients_on_four_adapters(bf16_server, tmp_path):
+@pytest.fixture(scope="module")
+def adapters(bf16_server):
+    return [
+        bf16_server.client.post("/v1/adapters", json={"instruction": t}).json()["id"] for t in INSTRUCTIONS
+    ]
+
+
+def test_adapters_record_the_dtype_and_one_client_equals_tagi_predict(bf16_server, adapters, tmp_path):
     srv = bf16_server
     assert srv.service.tagi.backbone.model.dtype == torch.bfloat16
-    adapters = [srv.client.post("/v1/adapters", json={"instruction": t}).json()["id"] for t in INSTRUCTIONS]
     zipped = zipfile.ZipFile(io.BytesIO(srv.client.get(f"/v1/adapters/{adapters[0]}/peft.zip").content))
     assert json.loads(zipped.read(f"tagi-{adapters[0]}/tagi.json"))["model"]["dtype"] == "bfloat16"
-    predicted = predict_downloaded(srv.client, adapters, tmp_path, MT)
+    predicted = predict_downloaded(srv.client, adapters, tmp_path, MT, batch_size=1)
     assert sum(bool(y) for y in predicted.values()) > len(predicted) // 2  # equality means something
-    for (i, text), output in run_clients(srv.url, adapters, 8, MT).items():
-        assert output == predicted[adapters[i % 4], text]
-    calls, observe, results = [], srv.service.scheduler.on_batch, {}
+    for key in adapters:
+        for text in INPUTS:
+            assert complete(srv.client, key, text, MT) == predicted[key, text]
+
+
+def test_requests_for_four_adapters_decode_in_one_bfloat16_batch(bf16_server, adapters):
+    srv, results, calls = bf16_server, {}, []
+    observe = srv.service.scheduler.on_batch
 
     def one(i: int) -> None:
         with httpx.Client(base_url=srv.url, timeout=WAIT_S) as c:
@@ -64,7 +79,5 @@ def test_bfloat16_server_equals_tagi_predict_with_eight_clients_on_four_adapters
             t.join(WAIT_S)
     finally:
         srv.service.scheduler.on_batch = observe
-    assert calls[0] == ("prefill", 8)
-    assert [results[i] for i in range(8)] == [
-        predicted[adapters[i % 4], INPUTS[i % len(INPUTS)]] for i in range(8)
-    ]
+    assert calls[0] == ("prefill", 8) and sorted(results) == list(range(8))
+    assert all(isinstance(results[i], str) for i in range(8))

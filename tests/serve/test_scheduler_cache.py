@@ -63,6 +63,7 @@ def test_lru_is_bounded_in_bytes_and_evicted_ids_are_regenerated(backbones, tmp_
     assert cache.recipe("f" * 32) is None
     assert len(set(keys)) == 3 and all(len(k) == 32 for k in keys)
     assert adapter_id("x", "a", True) != adapter_id("x", "a", False) != adapter_id("y", "a", False)
+    assert adapter_id("x", "a", True) != adapter_id("x", "a", True, "bfloat16")
 
 
 class FakeTokenizer:

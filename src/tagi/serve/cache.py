@@ -30,10 +30,11 @@ from tagi import Adapter
 ID_HEX = 32
 
 
-def adapter_id(checkpoint_sha256: str | None, instruction: str, fuse: bool) -> str:
-    """The server-made id of an adapter: a hash of what determines it (never anything path-like)."""
+def adapter_id(checkpoint_sha256: str | None, instruction: str, fuse: bool, dtype: str = "float32") -> str:
+    """The server-made id of an adapter: a hash of what determines it (never anything path-like), the base
+    model's dtype included (it rounds the instruction states the hypernetwork reads)."""
     h = hashlib.sha256()
-    for part in (checkpoint_sha256 or "", instruction, "fuse" if fuse else "nofuse"):
+    for part in (checkpoint_sha256 or "", instruction, "fuse" if fuse else "nofuse", dtype):
         h.update(part.encode("utf-8") + b"\0")
     return h.hexdigest()[:ID_HEX]
 

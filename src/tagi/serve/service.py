@@ -156,7 +156,9 @@ class Service:
         else:
             adapter = self.tagi.generate_adapter(instruction)
         seconds = time.perf_counter() - t0
-        key = adapter_id(self.tagi.checkpoint_sha256, adapter.instruction, adapter.fuse)
+        key = adapter_id(
+            self.tagi.checkpoint_sha256, adapter.instruction, adapter.fuse, self.tagi.backbone.cfg.dtype
+        )
         if self.prefixes is not None and adapter.mode == "fuse":  # its completions will reuse the prefix
             bb = self.tagi.backbone
             bb.store_prefix(adapter.instruction, adapter.weights.to(bb.device), self.prefixes, key)
