@@ -320,6 +320,9 @@ TABLES |= {
     "lever (CE only, 128 steps, task_group 4, held-out categories, 26 training categories)": Table(
         ("benchmarks/results/specificity_levers_26categories.json",), lever_rows
     ),
+    "lever (CE only, 384 steps, task_group 4, held-out categories, seed 1)": Table(
+        ("benchmarks/results/specificity_levers_category_384steps_seed1.json",), lever_rows
+    ),
     "lever (CE only, 384 steps, task_group 4, held-out categories)": Table(
         ("benchmarks/results/specificity_levers_category_384steps.json",), lever_rows
     ),
