@@ -127,3 +127,27 @@ def run_clients(url: str, adapters: list[str], n: int, max_tokens: int) -> dict[
         t.join(WAIT_S)
     assert not errors, errors
     return results
+
+
+def decode_queued(srv: Live, jobs: list[tuple[str, str]], max_tokens: int) -> tuple[list, list[str]]:
+    """Queue one completion per ``(adapter id, input)`` while the worker is held, then let them decode
+    together: the worker's model calls ``[(kind, rows)]`` from then on, and each job's output."""
+    scheduler, calls, results = srv.service.scheduler, [], {}
+    observe = scheduler.on_batch
+
+    def one(i: int) -> None:
+        with httpx.Client(base_url=srv.url, timeout=WAIT_S) as c:
+            results[i] = complete(c, *jobs[i], max_tokens)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(jobs))]
+    with worker_paused(srv.service):  # the requests wait in the queue together
+        scheduler.on_batch = lambda kind, rows, sec: (calls.append((kind, rows)), observe(kind, rows, sec))
+        for t in threads:
+            t.start()
+        wait_until(lambda: scheduler.depth() == len(jobs), f"{len(jobs)} queued rows")
+    try:
+        for t in threads:
+            t.join(WAIT_S)
+    finally:
+        scheduler.on_batch = observe
+    return calls, [results.get(i) for i in range(len(jobs))]

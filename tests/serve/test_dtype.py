@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import zipfile
 
-import httpx
 import pytest
 import torch
 from serve_testing import (
     INPUTS,
     INSTRUCTIONS,
-    WAIT_S,
     complete,
+    decode_queued,
     predict_downloaded,
     running_server,
-    wait_until,
-    worker_paused,
 )
 
 from tagi.backbones import load_backbone
@@ -61,23 +57,6 @@ def test_adapters_record_the_dtype_and_one_client_equals_tagi_predict(bf16_serve
 
 
 def test_requests_for_four_adapters_decode_in_one_bfloat16_batch(bf16_server, adapters):
-    srv, results, calls = bf16_server, {}, []
-    observe = srv.service.scheduler.on_batch
-
-    def one(i: int) -> None:
-        with httpx.Client(base_url=srv.url, timeout=WAIT_S) as c:
-            results[i] = complete(c, adapters[i % 4], INPUTS[i % len(INPUTS)], MT)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
-    with worker_paused(srv.service):  # the 8 requests of 4 adapters wait, then decode as one batch
-        srv.service.scheduler.on_batch = lambda kind, n, s: (calls.append((kind, n)), observe(kind, n, s))
-        for t in threads:
-            t.start()
-        wait_until(lambda: srv.service.scheduler.depth() == 8, "8 queued rows")
-    try:
-        for t in threads:
-            t.join(WAIT_S)
-    finally:
-        srv.service.scheduler.on_batch = observe
-    assert calls[0] == ("prefill", 8) and sorted(results) == list(range(8))
-    assert all(isinstance(results[i], str) for i in range(8))
+    jobs = [(adapters[i % 4], INPUTS[i % len(INPUTS)]) for i in range(8)]
+    calls, outputs = decode_queued(bf16_server, jobs, MT)
+    assert calls[0] == ("prefill", 8) and all(isinstance(y, str) for y in outputs)

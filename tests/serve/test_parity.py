@@ -3,19 +3,14 @@
 
 from __future__ import annotations
 
-import threading
-
-import httpx
 import pytest
 from serve_testing import (
     INPUTS,
     INSTRUCTIONS,
-    WAIT_S,
     complete,
+    decode_queued,
     predict_downloaded,
     run_clients,
-    wait_until,
-    worker_paused,
 )
 
 MT = 6
@@ -50,30 +45,15 @@ def test_requests_for_different_adapters_decode_in_one_batch(server, adapters, p
     """8 queued rows over 4 adapters: one prefill (packed into one row, or left-padded; nothing runs yet to
     fuse it with), then decode steps; every output equals ``tagi predict``."""
     scheduler = server.service.scheduler
-    calls, observe = [], scheduler.on_batch
     assert scheduler.prefill == "fused"  # the server's default
     scheduler.prefill = prefill
-    results, threads = {}, []
-
-    def one(i: int) -> None:
-        with httpx.Client(base_url=server.url, timeout=WAIT_S) as c:
-            results[i] = complete(c, adapters[i % 4], INPUTS[i % len(INPUTS)], MT)
-
-    with worker_paused(server.service):  # the 8 requests wait in the queue together
-        scheduler.on_batch = lambda kind, rows, s: (calls.append((kind, rows)), observe(kind, rows, s))
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        wait_until(lambda: scheduler.depth() == 8, "8 queued rows")
+    jobs = [(adapters[i % 4], INPUTS[i % len(INPUTS)]) for i in range(8)]
     try:
-        for t in threads:
-            t.join(WAIT_S)
+        calls, outputs = decode_queued(server, jobs, MT)
     finally:
-        scheduler.on_batch, scheduler.prefill = observe, "fused"
+        scheduler.prefill = "fused"
     assert calls[0] == ("prefill", 8)  # one prefill of all 8 rows, then decode steps of those left
     steps = [rows for kind, rows in calls[1:]]
     assert all(kind == "decode" for kind, _ in calls[1:]) and max(steps, default=8) <= 8
     assert steps == sorted(steps, reverse=True)  # nothing else joined: rows only leave
-    assert [results[i] for i in range(8)] == [
-        predicted[adapters[i % 4], INPUTS[i % len(INPUTS)]] for i in range(8)
-    ]
+    assert outputs == [predicted[job] for job in jobs]
