@@ -25,7 +25,7 @@ class ModelConfig:
     dtype: Dtype = field_(
         "float32",
         "Dtype of the frozen base weights and of its model calls. bfloat16 halves the weights' memory and "
-        "is faster on CPUs with bfloat16 instructions (benchmarks/serve_load.py --dtype measures it); its "
+        "is faster on CPUs with bfloat16 instructions (benchmarks/serve_load.py --dtypes measures it); its "
         "outputs differ from float32's by rounding. The hypernetwork itself stays float32.",
     )
     target_modules: list[str] = field_(
