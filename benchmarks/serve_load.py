@@ -228,7 +228,8 @@ def median_run(runs: list[dict]) -> dict:
     return out
 
 
-def run_cell(tagi: Tagi, num_adapters: int, clients: int, args, pool: Pool) -> dict:
+def run_cell(tagi: Tagi, num_adapters: int, clients: int, args, pool: Pool) -> tuple[dict, dict]:
+    """The cell's results, and its ``Tagi.predict`` references {(adapter index, input): output}."""
     instructions = [
         make_builtin_task(BUILTIN_TEST[k % len(BUILTIN_TEST)], 1).definition for k in range(num_adapters)
     ]
@@ -252,23 +253,24 @@ def run_cell(tagi: Tagi, num_adapters: int, clients: int, args, pool: Pool) -> d
         return round(rate["batched"] / rate[other], 2) if rate.get("batched") and rate.get(other) else None
 
     return {"adapters": num_adapters, "clients": clients, "dtype": tagi.backbone.cfg.dtype,
-            "requests": clients * args.requests, "runs": runs, "_reference": ref,
+            "requests": clients * args.requests, "runs": runs,
             "throughput_ratio_batched_vs_one_at_a_time": ratio("one_at_a_time"),
             "throughput_ratio_batched_vs_separate_prefill": ratio("separate_prefill"),
             "throughput_ratio_batched_vs_padded_prefill": ratio("padded_prefill"),
-            "throughput_ratio_batched_vs_join_each_step": ratio("join_each_step")}  # fmt: skip
+            "throughput_ratio_batched_vs_join_each_step": ratio("join_each_step")}, ref  # fmt: skip
 
 
-def dtype_ratios(cells: list[dict]) -> list[dict]:
-    """For every cell served in several dtypes: each mode's throughput in a dtype over float32's, same run."""
+def dtype_ratios(cells: list[dict], refs: list[dict]) -> list[dict]:
+    """For every cell served in several dtypes: each mode's throughput in a dtype over float32's, same run,
+    and the share of its ``Tagi.predict`` references (``refs[i]`` for ``cells[i]``) equal to float32's."""
+    key = {(c["adapters"], c["clients"], c["dtype"]): i for i, c in enumerate(cells)}
     out = []
-    for cell in cells:
-        ref = next((c for c in cells if (c["adapters"], c["clients"], c["dtype"]) ==
-                    (cell["adapters"], cell["clients"], "float32")), None)  # fmt: skip
-        if ref is None or cell is ref:
+    for cell, mine in zip(cells, refs, strict=True):
+        i = key.get((cell["adapters"], cell["clients"], "float32"))
+        if i is None or cells[i] is cell:
             continue
-        base = {r["mode"]: r["completions_per_s"] for r in ref["runs"]}
-        same = [cell["_reference"][key] == want for key, want in ref["_reference"].items()]
+        base = {r["mode"]: r["completions_per_s"] for r in cells[i]["runs"]}
+        same = [mine[k] == want for k, want in refs[i].items()]
         out.append({"adapters": cell["adapters"], "clients": cell["clients"], "dtype": cell["dtype"],
                     "throughput_vs_float32": {r["mode"]: round(r["completions_per_s"] / base[r["mode"]], 2)
                                               for r in cell["runs"] if base.get(r["mode"])},
@@ -344,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     tagis = {d: on_own_thread(Tagi.from_checkpoint, args.checkpoint, dtype=d) for d in args.dtypes or [None]}
     print(f"{'adapters':>8} {'clients':>7} {'mode':>14} {'compl/s':>9} {'tok/s':>8} {'p50 ms':>9} {'p95 ms':>9} "
           f"{'errors':>6} {'=pred':>6} {'rows/call':>9} {'prefill':>8}")  # fmt: skip
-    cells, skipped = [], []
+    cells, refs, skipped = [], [], []
     # the clients run in their own process, as real clients do: they share the CPU with the server, not
     # its interpreter (threads in the server's process would hold its GIL between the worker's model calls)
     with multiprocessing.get_context("spawn").Pool(1) as pool:
@@ -354,8 +356,10 @@ def main(argv: list[str] | None = None) -> int:
                     if time.perf_counter() - t_start > args.time_limit:
                         skipped.append({"adapters": a, "clients": n, "dtype": tagi.backbone.cfg.dtype})
                         continue
-                    cells.append(run_cell(tagi, a, n, args, pool))
-                    print_cell(cells[-1])
+                    cell, ref = run_cell(tagi, a, n, args, pool)
+                    cells.append(cell)
+                    refs.append(ref)
+                    print_cell(cell)
     tmp.cleanup()
     shown = Path(args.checkpoint).resolve()
     shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
@@ -364,11 +368,9 @@ def main(argv: list[str] | None = None) -> int:
               "requests_per_client": args.requests, "rounds": args.rounds,
               "modes": {m: MODES[m] for m in args.modes}, "dtypes": [t.backbone.cfg.dtype for t in tagis.values()],
               "prefix_cache_mb": args.prefix_cache_mb, "cells": cells, "skipped_cells": skipped,
-              "dtype_ratios": dtype_ratios(cells),  # before the references are dropped below
+              "dtype_ratios": dtype_ratios(cells, refs),
               "total_errors": sum(r["errors"] for c in cells for r in c["runs"]),
               **provenance("serve_load.py", argv, args.threads, load_start)}  # fmt: skip
-    for cell in cells:
-        del cell["_reference"]
     write_results(args.out, result)
     return 1 if result["total_errors"] else 0
 

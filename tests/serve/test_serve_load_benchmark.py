@@ -108,5 +108,24 @@ def test_smoke_run_in_two_dtypes_with_two_modes(tmp_path, monkeypatch):
         "batched",
         "one_at_a_time",
     }
+    assert 0 <= ratio["predict_equal_float32_share"] <= 1
     with pytest.raises(SystemExit):
         bench.main(["--smoke", "--modes", "batched,fastest", "--out", str(out)])
+
+
+def test_dtype_ratios_pair_each_cell_with_its_float32_twin(monkeypatch):
+    bench = load_script(monkeypatch)
+
+    def cell(adapters, dtype, batched, alone):
+        runs = [
+            {"mode": "batched", "completions_per_s": batched},
+            {"mode": "one_at_a_time", "completions_per_s": alone},
+        ]
+        return {"adapters": adapters, "clients": 16, "dtype": dtype, "runs": runs}
+
+    cells = [cell(1, "float32", 10.0, 4.0), cell(1, "bfloat16", 15.0, 5.0), cell(8, "bfloat16", 9.0, 3.0)]
+    refs = [{(0, "a"): "x", (0, "b"): "y"}, {(0, "a"): "x", (0, "b"): "z"}, {(0, "a"): "x"}]
+    (only,) = bench.dtype_ratios(cells, refs)  # the 8-adapter cell has no float32 twin: skipped
+    assert only == {"adapters": 1, "clients": 16, "dtype": "bfloat16",
+                    "throughput_vs_float32": {"batched": 1.5, "one_at_a_time": 1.25},
+                    "predict_equal_float32_share": 0.5}  # fmt: skip
