@@ -198,14 +198,13 @@ def _fused_lora_hook(rows: int, running: tuple | None, s_run: float, packed: tup
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
         x = inputs[0]  # [1, rows + T, in]
-        run, pack = output[:, :rows], output[:, rows:]
-        if running is not None:
+        if running is not None:  # added in place: the layer's output is its own, and no copy is made
             a, b = running
             h = x[0, :rows, None] @ a.transpose(1, 2).to(x.dtype)  # [rows, 1, r]
-            run = run + s_run * (h @ b.transpose(1, 2).to(x.dtype)).transpose(0, 1)  # [1, rows, out]
+            output[:, :rows] += s_run * (h @ b.transpose(1, 2).to(x.dtype)).transpose(0, 1)  # [1, rows, out]
         if packed is not None:
-            pack = pack + _packed_delta(x[:, rows:], packed, s_pack)
-        return torch.cat([run, pack], 1)
+            output[:, rows:] += _packed_delta(x[:, rows:], packed, s_pack)
+        return output
 
     return hook
 

@@ -53,11 +53,31 @@ def test_pack_lays_out_a_known_case():
     assert p.attn.tolist() == [[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]]
     assert p.gather[p.attn.bool()].tolist() == [0, 1, 5, 2, 3, 4, 6, 7, 8, 0, 1, 9, 10]
     assert p.cache.layers[0].keys[0, 0, :, 0].tolist() == [0.0, 0.0, 1.0, 1.0, 1.0]
+    # row by row: the prefix columns, the packed tokens, and the causal mask over prefix + own tokens
+    assert [(s.prefix, s.tokens) for s in p.segments] == [
+        (slice(0, 2), slice(0, 1)),
+        (slice(2, 5), slice(1, 4)),
+        (slice(0, 2), slice(4, 6)),
+    ]
+    assert p.segments[0].mask.tolist() == [[[[True, True, True]]]]
+    assert p.segments[1].mask[0, 0].long().tolist() == [
+        [1, 1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 1, 0],
+        [1, 1, 1, 1, 1, 1],
+    ]
+    assert p.segments[2].mask[0, 0].long().tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    for seg, row in zip(p.segments, want[:1] + want[1:2] + want[4:5], strict=True):  # the block mask's rows
+        cols = list(range(5))[seg.prefix] + [5 + t for t in range(6)[seg.tokens]]
+        assert [row[c] for c in cols] == seg.mask[0, 0, 0].long().tolist()
 
 
 def test_pack_without_prefixes_and_refuses_empty_rows():
     p = pack([], [], [[1, 2], [3]], CFG, "cpu")
     assert p.cache is None and p.pos.tolist() == [[0, 1, 0]]
+    assert [(s.prefix, s.tokens) for s in p.segments] == [
+        (slice(0, 0), slice(0, 2)),
+        (slice(0, 0), slice(2, 3)),
+    ]
     assert (p.mask[0, 0] == 0).long().tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
     with pytest.raises(ValueError, match="at least one token"):
         pack([], [], [[1], []], CFG, "cpu")

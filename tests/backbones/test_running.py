@@ -189,6 +189,43 @@ def test_a_cache_without_growing_layers_refuses_to_join(backbones):
         batch.join([PromptExample(INS, SRC[1], "")], None, "fuse", 4)
 
 
+@pytest.mark.parametrize("how", ["packed", "fused"])
+def test_joining_rows_attend_to_their_own_keys_only(backbones, how, monkeypatch):
+    """A packed or fused join of three rows over two stored prefixes: every attention call of the joining
+    part runs one row, its queries over exactly its prefix and its own tokens (no score between two rows);
+    the running rows' part, in a fused call, runs their ``[A, H, 1, D]`` queries over their own caches."""
+    from tagi.backbones import fused
+
+    bb = backbones["tiny-llama"]
+    torch.manual_seed(8)
+    w = random_adapter(bb, 2)
+    batch = endless(bb)
+    batch.join([PromptExample(INS, SRC[0], "")] * 2, w.index([0]), "fuse", 5, None, ["r0", "r1"])
+    shapes = []
+    real = fused.sdpa_attention_forward
+
+    def spy(module, query, key, value, mask, **kwargs):
+        shapes.append((query.shape[0], query.shape[2], key.shape[2]))  # (rows, queries, keys)
+        return real(module, query, key, value, mask, **kwargs)
+
+    monkeypatch.setattr(fused, "sdpa_attention_forward", spy)
+    joining = [
+        PromptExample(INS, SRC[1], ""),
+        PromptExample(INS2, SRC[2], ""),
+        PromptExample(INS, SRC[2], ""),
+    ]
+    if how == "packed":
+        batch.rows = None  # a packed prefill of a new batch: the same call with no running rows
+    batch.join(joining, w, "fuse", 5, [0, 1, 0], ["j0", "j1", "j2"], prefill=how)
+    own = [
+        (1, len(bb.suffix_ids(e.source)), len(bb.prompt_ids(e.instruction, e.source, "fuse")))
+        for e in joining
+    ]
+    running = [(2, 1, len(bb.prompt_ids(INS, SRC[0], "fuse")) + 1)] if how == "fused" else []
+    layers = bb.model.config.num_hidden_layers
+    assert shapes == (own + running) * layers
+
+
 def test_a_fused_join_with_an_empty_source_is_a_step_then_a_padded_join(backbones):
     """A joining row with no source token cannot be packed: a fused join then steps the running rows and
     joins the rows padded, with exactly the events and texts of doing those two calls itself."""

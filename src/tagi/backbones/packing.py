@@ -14,9 +14,13 @@ padding is time lost (a long input makes every row of its join as long). Packed:
                                    attention implementation takes it)
     token_rows  [T]                k for each token of row k: its adapter (``apply_lora(token_rows=...)``)
     last        [K]                the index of row k's last token: its logits give row k's first new token
+    segments    K x Segment        row k's prefix columns, its tokens and its own causal mask
+                                   ``[1, 1, S_k, P_{u_k} + S_k]`` (bool), for attention row by row
 
 so a token sees exactly the keys it sees alone, at the same positions, through the same adapter; only the
-order of float sums differs. After the forward, the cache holds ``[1, H, C + T, D]``; :meth:`Packed.unpack`
+order of float sums differs. The block mask computes every score of ``[T, C + T]`` and hides most of them;
+``segments`` let an attention (``tagi.backbones.fused``) compute row k's ``[S_k, P_{u_k} + S_k]`` alone,
+``sum_k S_k (P_{u_k} + S_k)`` scores in all. After the forward, the cache holds ``[1, H, C + T, D]``; :meth:`Packed.unpack`
 gathers row k's columns (its prefix's, then its own tokens') into the running batch's layout
 ``[K, H, L, D]``, left-padded to ``L = max_k (P_{u_k} + S_k)``; ``attn [K, L]`` is 1 on a row's real keys.
 A padding slot holds a copy of some real key, masked: it adds an exact zero to attention.
@@ -34,6 +38,17 @@ from transformers import DynamicCache
 from tagi.backbones.prefix_store import KV
 
 
+@dataclass(frozen=True)
+class Segment:
+    """Row ``k`` of a packing: its prefix's columns of the packed cache, its tokens (positions in the packed
+    row; in the cache they follow the ``C`` prefix columns) and the mask of those tokens over its keys
+    (prefix then own tokens): ``[1, 1, S, P + S]``, True where token ``i`` sees key ``j`` (``j <= P + i``)."""
+
+    prefix: slice
+    tokens: slice
+    mask: torch.Tensor
+
+
 @dataclass
 class Packed:
     """The inputs of one packed prefill (module docstring) and how to unpack its cache."""
@@ -46,6 +61,7 @@ class Packed:
     last: torch.Tensor  # [K]
     gather: torch.Tensor  # [K, L] columns of the packed cache, row k's keys right-aligned
     attn: torch.Tensor  # [K, L] 1 = a real key
+    segments: list[Segment]  # per row: its prefix columns, its tokens, its causal mask over its own keys
 
     @property
     def last_pos(self) -> torch.Tensor:
@@ -93,10 +109,14 @@ def pack(
     width = int(length.max())
     gather = torch.zeros(len(suffixes), width, dtype=torch.long)
     attn = torch.zeros(len(suffixes), width, dtype=torch.long)
+    segments = []
     for k in range(len(suffixes)):
         u, n = int(row_u[k]), int(length[k])
         cols = torch.cat([poff[u] + torch.arange(plen[u]), c + start[k] + torch.arange(slen[k])])
         gather[k, width - n :], attn[k, width - n :] = cols, 1
+        p0, s0, pl, sl = int(poff[u]), int(start[k]), int(plen[u]), int(slen[k])
+        causal = torch.ones(sl, pl + sl, dtype=torch.bool, device=device).tril(pl)[None, None]
+        segments.append(Segment(slice(p0, p0 + pl), slice(s0, s0 + sl), causal))
     cache = None
     if c:
         layers = [
@@ -114,4 +134,5 @@ def pack(
         (start + slen - 1).to(device),
         gather.to(device),
         attn.to(device),
+        segments,
     )

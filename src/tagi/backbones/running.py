@@ -184,19 +184,25 @@ class RunningBatch:
             self.rows = None
         return Events(events.tokens + joined.tokens, events.finished + joined.finished)
 
-    def _fused_forward(self, old: _Rows, p: Packed, adapter: LoraWeights | None):
-        """One call for the running rows' pending tokens then the packed rows: ``(next tokens [A + K], the
-        packed cache [1, H, C + T, D])``; the running rows' cache gains its column in place."""
-        bb, a = self.bb, len(old.tags)
+    def _fused_forward(self, old: _Rows | None, p: Packed, adapter: LoraWeights | None):
+        """One call for the running rows' pending tokens (none when ``old`` is None) then the packed rows:
+        ``(next tokens [A + K], the packed cache [1, H, C + T, D])``; the running rows' cache gains its
+        column in place. Each joining row attends to its own keys only (``tagi.backbones.fused``)."""
+        bb, a = self.bb, len(old.tags) if old is not None else 0
         packed = p.cache if p.cache is not None else DynamicCache(config=bb.model.config)
         per_row = adapter is not None and adapter.batch_size > 1
         token_rows = p.token_rows if per_row else torch.zeros_like(p.token_rows)
-        with apply_fused_lora(bb.model, a, old.adapter, adapter, token_rows), fused_attention_for(bb.model):
+        run_adapter, cache = None, FusedCache(packed, None, None, p.segments)
+        ids, pos = p.ids, p.pos
+        if a:
+            run_adapter, cache = old.adapter, FusedCache(packed, old.cache, old.attn, p.segments)
+            ids, pos = torch.cat([old.ids.T, p.ids], 1), torch.cat([old.pos.T, p.pos], 1)  # [1, A + T]
+        with apply_fused_lora(bb.model, a, run_adapter, adapter, token_rows), fused_attention_for(bb.model):
             out = bb.model(
-                input_ids=torch.cat([old.ids.T, p.ids], 1),  # [1, A + T]
+                input_ids=ids,
                 attention_mask=p.mask,
-                position_ids=torch.cat([old.pos.T, p.pos], 1),
-                cache=FusedCache(packed, old.cache, old.attn),
+                position_ids=pos,
+                cache=cache,
                 use_cache=True,
                 logits_to_keep=torch.cat([torch.arange(a, device=bb.device), a + p.last]),
             )
@@ -227,22 +233,12 @@ class RunningBatch:
         return nxt, cache, attn, pos[:, -1:]
 
     def _prefill_packed(self, prefixes, suffixes, groups, adapter, store, keys):
-        """As :meth:`_prefill_padded`, as one packed row (``tagi.backbones.packing``); the cache ``[K, H, L,
-        D]`` and ``attn [K, L]`` come back left-padded, each row's keys contiguous."""
-        bb = self.bb
+        """As :meth:`_prefill_padded`, as one packed row (``tagi.backbones.packing``; the fused call with no
+        running rows); the cache ``[K, H, L, D]`` and ``attn [K, L]`` come back left-padded, each row's keys
+        contiguous."""
         p = self._pack(prefixes, suffixes, groups, adapter, store, keys)
-        per_row = adapter is not None and adapter.batch_size > 1
-        with apply_lora(bb.model, adapter, p.token_rows if per_row else None):
-            out = bb.model(
-                input_ids=p.ids,
-                attention_mask=p.mask,
-                position_ids=p.pos,
-                cache=p.cache,
-                use_cache=True,
-                logits_to_keep=p.last,
-            )
-        nxt = sample_next(out.logits[0], self.temperature, self.top_p, self.generator)
-        return nxt, p.unpack(out.cache), p.attn, p.last_pos
+        nxt, cache = self._fused_forward(None, p, adapter)
+        return nxt, p.unpack(cache), p.attn, p.last_pos
 
     def _pack(self, prefixes, suffixes, groups, adapter, store, keys) -> Packed:
         """The packed layout of rows with these prompt parts (``tagi.backbones.packing``)."""
