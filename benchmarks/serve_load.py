@@ -33,7 +33,10 @@ to adapter ``(c + i) mod A`` with an input of that adapter's built-in task. It r
 (completions/s, generated tokens/s), p50/p95 latency, errors (must be 0), the throughput ratios of batched
 to each other mode, whether every output equals ``Tagi.predict`` for the same adapter and input, and the
 worker's model calls by kind (from the ``tagi_batch_*`` metrics): rows per call, and the share of model
-time in calls that prefill joining requests (alone or fused with a step) against plain decode steps.
+time in calls that prefill joining requests (alone or fused with a step) against plain decode steps. It
+also records the share of the run during which all N clients were sending (``all_clients_share``): after
+the first client is done, the last requests drain with fewer rows to batch, an end effect that weighs more
+in a short run (``--requests 16`` makes it smaller).
 
 ``--dtypes float32,bfloat16`` serves every cell with the base model in each dtype, one after the other
 (``tagi serve --dtype``; the hypernetwork stays float32), and records each mode's throughput in a dtype
@@ -115,11 +118,19 @@ def workload(num_adapters: int, clients: int, requests: int) -> list[list[tuple[
 
 
 def run_clients(url: str, ids: list[str], plan, max_tokens: int) -> dict:
-    """Every client in its own thread; returns outputs, latencies, tokens, errors and wall time."""
-    latencies, outputs, errors, tokens = [], {}, [], [0]
+    """Every client in its own thread; returns outputs, latencies, tokens, errors, wall time and when the
+    first client finished (``all_clients``: seconds from the start during which every client was sending)."""
+    latencies, outputs, errors, tokens, ends = [], {}, [], [0], []
     lock = threading.Lock()
 
     def client(reqs) -> None:
+        try:
+            send(reqs)
+        finally:
+            with lock:
+                ends.append(time.perf_counter())
+
+    def send(reqs) -> None:
         with httpx.Client(base_url=url, timeout=600) as http:
             for k, text in reqs:
                 t0 = time.perf_counter()
@@ -143,7 +154,7 @@ def run_clients(url: str, ids: list[str], plan, max_tokens: int) -> dict:
     for t in threads:
         t.join()
     return {"wall": time.perf_counter() - t0, "latencies": latencies, "outputs": outputs, "errors": errors,
-            "tokens": tokens[0]}  # fmt: skip
+            "tokens": tokens[0], "all_clients": min(ends) - t0}  # fmt: skip
 
 
 def measure(
@@ -174,6 +185,9 @@ def measure(
         "error_samples": run["errors"][:3],
         "wall_s": round(run["wall"], 3),
         "completions_per_s": round(n / run["wall"], 3),
+        # the share of the run during which all N clients were still sending; the rest drains the last
+        # requests with fewer rows to batch (a short run's end effect)
+        "all_clients_share": round(run["all_clients"] / run["wall"], 3),
         "tokens_per_s": round(run["tokens"] / run["wall"], 2),
         "p50_ms": round(1000 * statistics.median(lat), 1) if lat else None,
         "p95_ms": round(1000 * lat[min(n - 1, int(0.95 * n))], 1) if lat else None,

@@ -98,6 +98,7 @@ def test_smoke_run_in_two_dtypes_with_two_modes(tmp_path, monkeypatch):
     for cell in result["cells"]:
         assert [r["mode"] for r in cell["runs"]] == ["batched", "one_at_a_time"]
         assert all(r["errors"] == 0 for r in cell["runs"])
+        assert all(0 < r["all_clients_share"] <= 1 for r in cell["runs"])  # the first client ends in the run
         shares = [r["outputs_equal_predict_share"] for r in cell["runs"]]
         # float32 equals Tagi.predict whatever the batch; bfloat16 rounds differently per batch shape
         assert shares == [1.0, 1.0] if cell["dtype"] == "float32" else all(0 <= x <= 1 for x in shares)
