@@ -160,6 +160,25 @@ def dtype_rows(srcs: list[dict]) -> dict:
     return rows
 
 
+def requests_rows(srcs: list[dict]) -> dict:
+    """benchmarks/serve_load.py at 4 and at 16 completions per client: the 16-client cells' batched and
+    one-at-a-time throughput, their ratio, the share of the batched run with every client sending, rows per
+    call, latency and errors."""
+    rows = {}
+    for src in srcs:
+        for c in src["cells"]:
+            if c["clients"] != 16:
+                continue
+            run = {r["mode"]: r for r in c["runs"]}
+            b, s = run["batched"], run["one_at_a_time"]
+            rows[f"{c['adapters']} × {c['clients']}, {src['requests_per_client']} per client"] = [
+                None, [b["completions_per_s"]], [s["completions_per_s"]],
+                [c["throughput_ratio_batched_vs_one_at_a_time"]], [b["all_clients_share"]],
+                [b["mean_rows_per_call"]], [b["p50_ms"], b["p95_ms"]], [b["errors"] + s["errors"]], None,
+            ]  # fmt: skip
+    return rows
+
+
 def pool_rows(srcs: list[dict]) -> dict:
     """benchmarks/openmp_pools.py: per shape, ms with the model loaded on the main thread, on a thread that
     ended, and their ratio; then the CPU cores used."""
@@ -287,6 +306,9 @@ TABLES |= {
     ),
     "model call on the worker thread": Table(("benchmarks/results/openmp_pools.json",), pool_rows),
     "adapters × clients, dtype": Table(("benchmarks/results/serve_load_dtype.json",), dtype_rows),
+    "adapters × clients, completions per client": Table(
+        ("benchmarks/results/serve_load.json", "benchmarks/results/serve_load_16requests.json"), requests_rows
+    ),
     "lever (CE only, 128 steps, task_group 4)": Table(
         ("benchmarks/results/specificity_levers.json",), lever_rows
     ),
