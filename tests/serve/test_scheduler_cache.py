@@ -54,7 +54,9 @@ def test_lru_is_bounded_in_bytes_and_evicted_ids_are_regenerated(backbones, tmp_
     adapters = [tagi.generate_adapter(t) for t in ("one", "two", "three")]
     size = adapter_bytes(adapters[0])
     cache = AdapterCache(max_bytes=2 * size)
-    keys = [adapter_id(tagi.checkpoint_sha256, a.instruction, a.fuse) for a in adapters]
+    keys = [
+        adapter_id(tagi.checkpoint_sha256, a.instruction, a.fuse, tagi.backbone.cfg.dtype) for a in adapters
+    ]
     for k, a, text in zip(keys, adapters, ("one", "two", "three")):
         cache.put(Entry(k, a, text, 0.0, 0), {"instruction": text, "pos_examples": []})
         assert cache.nbytes <= 2 * size
@@ -62,8 +64,13 @@ def test_lru_is_bounded_in_bytes_and_evicted_ids_are_regenerated(backbones, tmp_
     assert cache.recipe(keys[0]) == {"instruction": "one", "pos_examples": []}  # can be made again
     assert cache.recipe("f" * 32) is None
     assert len(set(keys)) == 3 and all(len(k) == 32 for k in keys)
-    assert adapter_id("x", "a", True) != adapter_id("x", "a", False) != adapter_id("y", "a", False)
-    assert adapter_id("x", "a", True) != adapter_id("x", "a", True, "bfloat16")
+    f32 = "float32"
+    assert (
+        adapter_id("x", "a", True, f32)
+        != adapter_id("x", "a", False, f32)
+        != adapter_id("y", "a", False, f32)
+    )
+    assert adapter_id("x", "a", True, f32) != adapter_id("x", "a", True, "bfloat16")
 
 
 class FakeTokenizer:

@@ -192,11 +192,11 @@ class RunningBatch:
         packed = p.cache if p.cache is not None else DynamicCache(config=bb.model.config)
         per_row = adapter is not None and adapter.batch_size > 1
         token_rows = p.token_rows if per_row else torch.zeros_like(p.token_rows)
-        run_adapter, cache = None, FusedCache(packed, None, None, p.segments)
-        ids, pos = p.ids, p.pos
+        run_adapter, run_cache, run_attn, ids, pos = None, None, None, p.ids, p.pos
         if a:
-            run_adapter, cache = old.adapter, FusedCache(packed, old.cache, old.attn, p.segments)
+            run_adapter, run_cache, run_attn = old.adapter, old.cache, old.attn
             ids, pos = torch.cat([old.ids.T, p.ids], 1), torch.cat([old.pos.T, p.pos], 1)  # [1, A + T]
+        cache = FusedCache(packed, run_cache, run_attn, p.segments)
         with apply_fused_lora(bb.model, a, run_adapter, adapter, token_rows), fused_attention_for(bb.model):
             out = bb.model(
                 input_ids=ids,

@@ -30,7 +30,7 @@ from tagi import Adapter
 ID_HEX = 32
 
 
-def adapter_id(checkpoint_sha256: str | None, instruction: str, fuse: bool, dtype: str = "float32") -> str:
+def adapter_id(checkpoint_sha256: str | None, instruction: str, fuse: bool, dtype: str) -> str:
     """The server-made id of an adapter: a hash of what determines it (never anything path-like), the base
     model's dtype included (it rounds the instruction states the hypernetwork reads)."""
     h = hashlib.sha256()
