@@ -91,3 +91,19 @@ def test_train_categories_cuts_the_training_side_only() -> None:
         sample_categories(TASKS, 5, 0)
     with pytest.raises(ValueError, match="data.train_categories must be >= 0"):
         DataConfig(train_categories=-1)
+
+
+def test_test_tasks_keeps_the_named_test_tasks_only() -> None:
+    from tagi.data.builtin import BUILTIN_TEST
+    from tagi.data.select import load_tasks
+
+    picked = [BUILTIN_TEST[3], BUILTIN_TEST[0]]
+    cfg = DataConfig(test_tasks=picked, builtin_instances=4)
+    assert [t.name for t in load_tasks(cfg, "test")] == sorted(picked)  # name order, whatever the list's
+    assert len(load_tasks(cfg, "train")) == len(load_tasks(DataConfig(builtin_instances=4), "train"))
+    capped = DataConfig(test_tasks=picked, max_test_tasks=1, builtin_instances=4)
+    assert [t.name for t in load_tasks(capped, "test")] == sorted(picked)[:1]  # the cap applies after
+    with pytest.raises(DataError, match="not in the test split: nope"):
+        load_tasks(DataConfig(test_tasks=[BUILTIN_TEST[0], "nope"]), "test")
+    with pytest.raises(Exception, match="lists a task twice"):
+        DataConfig(test_tasks=[BUILTIN_TEST[0], BUILTIN_TEST[0]])

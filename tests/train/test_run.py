@@ -81,7 +81,13 @@ def test_stage_settings_leave_out_test_and_logging_keys(tmp_path):
 
     base = to_dict(tiny_config(tmp_path))
     same = to_dict(
-        tiny_config(tmp_path, "data.max_test_tasks=1", "finetune.train.log_every=1", "evaluate.batch_size=2")
+        tiny_config(
+            tmp_path,
+            "data.max_test_tasks=1",
+            "data.test_tasks=[builtin_longest_word]",
+            "finetune.train.log_every=1",
+            "evaluate.batch_size=2",
+        )
     )
     other = to_dict(tiny_config(tmp_path, "finetune.loss.kl=0.5"))
     for stage in ("teachers", "pretrain", "finetune"):

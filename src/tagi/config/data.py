@@ -24,6 +24,11 @@ class DataConfig:
     max_test_instances: int = field_(100, "Test instances per task: the first N (official: 100).")
     max_train_tasks: int = field_(0, "Use at most this many training tasks (0 = all).")
     max_test_tasks: int = field_(0, "Evaluate at most this many test tasks (0 = all).")
+    test_tasks: list[str] = field_(
+        [],
+        "Evaluate only these test tasks, by name (empty = the split's test tasks); each must be in the split. "
+        "Applied before max_test_tasks.",
+    )
     validation_tasks: int = field_(0, "Training tasks held out for model selection (never test tasks).")
     validation_by: Literal["task", "category"] = field_(
         "task",
@@ -45,3 +50,4 @@ class DataConfig:
         for k in ("max_train_tasks", "max_test_tasks", "validation_tasks", "train_categories"):
             check(getattr(self, k) >= 0, f"data.{k} must be >= 0, got {getattr(self, k)}")
         check(self.source != "sni" or bool(self.sni_dir), "data.sni_dir is required when data.source=sni")
+        check(len(set(self.test_tasks)) == len(self.test_tasks), "data.test_tasks lists a task twice")

@@ -28,8 +28,18 @@ def load_tasks(cfg: DataConfig, split: str) -> list[Task]:
     else:
         tasks = load_split(cfg.sni_dir, split, cfg.split_name, max_instances=max_inst)
     tasks = sorted(tasks, key=lambda t: t.name)
+    if split == "test" and cfg.test_tasks:
+        tasks = _named(tasks, cfg.test_tasks)
     cap = cfg.max_train_tasks if split == "train" else cfg.max_test_tasks
     return tasks[:cap] if cap else tasks
+
+
+def _named(tasks: list[Task], names: Sequence[str]) -> list[Task]:
+    """The tasks named in ``names`` (``data.test_tasks``), in name order; a name not among ``tasks`` is an error."""
+    unknown = sorted(set(names) - {t.name for t in tasks})
+    if unknown:
+        raise DataError(f"data.test_tasks names tasks that are not in the test split: {', '.join(unknown)}")
+    return [t for t in tasks if t.name in set(names)]
 
 
 def split_validation(

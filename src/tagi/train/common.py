@@ -45,7 +45,7 @@ def batch_tokens(batch: ModelBatch, family: str) -> int:
     return n + (batch.num_label_tokens if family == "seq2seq" else 0)
 
 
-TEST_ONLY_DATA = ("max_test_instances", "max_test_tasks")
+TEST_ONLY_DATA = ("max_test_instances", "max_test_tasks", "test_tasks")
 RUN_ONLY_TRAIN = ("log_every", "ckpt_every", "num_threads", "progress_bar", "tensorboard")
 _STAGE_SECTIONS = {
     "teachers": ("model", "data", "teachers"),
