@@ -47,6 +47,7 @@ def provenance(script: str, argv: Sequence[str] | None, threads: int, load_start
     import transformers
 
     import tagi
+    from tagi.files import cpu_model
 
     return {
         "command": " ".join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)]),
@@ -56,6 +57,8 @@ def provenance(script: str, argv: Sequence[str] | None, threads: int, load_start
             "load_start": load_start,
             "load_end": os.getloadavg()[0],
             "platform": platform.platform(),
+            "cpu": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         },  # fmt: skip
         "versions": {
             "tagi": tagi.__version__,

@@ -132,9 +132,29 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else ``platform.processor()``, else "unknown"."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def package_versions(packages: Sequence[str] = PACKAGES) -> dict[str, str]:
-    """Python, the platform and the installed version of each package ("not installed" when missing)."""
-    out = {"python": platform.python_version(), "platform": platform.platform()}
+    """Python, the platform, the CPU and the installed version of each package ("not installed" when
+    missing).
+
+    The CPU is its model name and the vector extension torch's kernels dispatch to
+    (``torch.backends.cpu.get_cpu_capability()``, e.g. ``AVX512``): float32 rounding, and so trained weights
+    and scores, can differ between CPUs with the same packages and seed.
+    """
+    import torch
+
+    out = {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_model()}
+    out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     for name in packages:
         try:
             out[name] = metadata.version(name)
