@@ -82,6 +82,10 @@ LEVERS = {
     # the hypernetwork reads SmolLM2's layer 15 of 30 instead of its last: a last layer is shaped by
     # next-token prediction, middle layers are commonly the more semantic
     "middle-layer": ["model.instruction_layer=15"],
+    # instruction augmentation, on what the hypernetwork reads only: the Def+2Pos draws show 2 of all the task's
+    # positive examples in a random order, and each definition sentence is left out with probability 0.25
+    # (the prompt keeps the task's instruction): one task, many instruction texts, the same adapter's job
+    "augment": ["finetune.hyper_demos=sampled", "finetune.hyper_definition_dropout=0.25"],
     # the control: the hypernetwork reads one empty text for every task, i.e. one learned adapter
     "no-hypernet": ["finetune.hyper_input=empty", "finetune.loss.mismatch=0"],
     # prompt dropout's control: one learned adapter; dropped examples then see no instruction at all

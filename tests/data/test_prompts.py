@@ -74,3 +74,31 @@ def test_instruction_is_the_same_for_every_instance() -> None:
     assert first.instruction == second.instruction
     assert first.source != second.source
     assert isinstance(first, PromptParts)
+
+
+def test_definition_sentences_cut_after_sentence_ends() -> None:
+    from tagi.data.prompts import definition_sentences
+
+    text = "Read the text.  Answer yes or no!\nIs 3.5 > 2? Output only the label"
+    assert definition_sentences(text) == [
+        "Read the text.",
+        "Answer yes or no!",
+        "Is 3.5 > 2?",
+        "Output only the label",
+    ]  # "3.5" is no sentence end: no white space follows its "."
+    assert definition_sentences("   ") == []
+
+
+def test_instruction_text_is_format_instruction_with_explicit_examples() -> None:
+    from tagi.data.prompts import instruction_text
+
+    task = Task(
+        name="t",
+        definition="Copy it",
+        positive_examples=(Example("a", "b"), Example("c", "d")),
+        instances=(),
+    )
+    assert instruction_text(task.definition, task.positive_examples[:1]) == format_instruction(task, 1)
+    swapped = instruction_text(task.definition, task.positive_examples[::-1])
+    assert swapped.index("Input: c.") < swapped.index("Input: a.")  # in the order given
+    assert swapped.count("Positive Example 1 -") == 1 and "Positive Example 2 -" in swapped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from safetensors.torch import load_file
 from train_helpers import tiny_config
 
 from tagi.data.prompts import format_instruction
+from tagi.data.sni import Example, Instance, Task
 from tagi.errors import TagiError
 from tagi.losses import kl_sum, mismatch_sum, update_sq_norms
 from tagi.model import InstructionCache, TagiModel
@@ -420,3 +422,75 @@ def test_mismatch_finetuning_trains_and_logs_the_term(tmp_path):
 def test_mismatch_refuses_one_learned_adapter(tmp_path):
     with pytest.raises(TagiError, match="mismatch needs finetune.hyper_input=instruction"):
         tiny_config(tmp_path / "run", "finetune.loss.mismatch=1", "finetune.hyper_input=empty")
+
+
+AUG_TASKS = [
+    Task(
+        name=f"aug{t}",
+        definition="First sentence. Second one! Third one? Fourth",
+        positive_examples=tuple(Example(f"in{t}{i}", f"out{t}{i}") for i in range(4)),
+        instances=tuple(Instance(id=f"aug{t}-{i}", input=f"x{i}", outputs=(f"y{i}",)) for i in range(4)),
+        categories=("c",),
+    )
+    for t in range(2)
+]
+AUG_SENTENCES = ["First sentence.", "Second one!", "Third one?", "Fourth"]
+
+
+def _shown(text: str) -> tuple[list[str], list[str]]:
+    """The definition sentences and the demonstration inputs an instruction text shows, in order."""
+    definition = text.split("\n\n")[0].removeprefix("Definition: ")
+    sentences = sorted((s for s in AUG_SENTENCES if s.rstrip(".") in definition), key=definition.index)
+    return sentences, re.findall(r"Input: (in\d\d)\.", text)
+
+
+@pytest.mark.parametrize(("demos", "dropout"), [("sampled", 0.0), ("first", 0.5), ("sampled", 0.5)])
+def test_instruction_augmentation_changes_what_the_hypernetwork_reads_only(demos, dropout):
+    data = FinetuneData(AUG_TASKS, [0, 2], 2, seed=0, hyper_demos=demos, definition_dropout=dropout)
+    samples = [Sample(i, e, c) for e in range(6) for c, i in enumerate(range(len(data)))]
+    texts = [data.hyper_instruction(s) for s in samples]
+    assert texts == [data.hyper_instruction(s) for s in samples]  # seeded
+    for s, text in zip(samples, texts, strict=True):
+        task = AUG_TASKS[data.items[s.index][0]]
+        k = data.num_pos(s)
+        assert data.student(s).instruction == format_instruction(task, k)  # the prompt is untouched
+        sentences, inputs = _shown(text)
+        assert sentences and len(inputs) == k
+        assert set(inputs) <= {e.input for e in task.positive_examples} and len(set(inputs)) == k
+        if dropout == 0:
+            assert sentences == AUG_SENTENCES
+        if demos == "first":
+            assert inputs == [e.input for e in task.positive_examples[:k]]
+    shown = [_shown(t) for t in texts]
+    if dropout > 0:  # some texts leave sentences out, in their order
+        assert any(len(s) < 4 for s, _ in shown)
+        assert all(s == sorted(s, key=AUG_SENTENCES.index) for s, _ in shown)
+    if demos == "sampled":  # other demonstrations than the first two, and other orders
+        assert len({tuple(i) for _, i in shown if i}) > 2
+    plain = FinetuneData(AUG_TASKS, [0, 2], 2, seed=0)
+    assert all(plain.hyper_instruction(s) == plain.student(s).instruction for s in samples)
+
+
+def test_instruction_augmentation_is_drawn_per_chunk():
+    data = FinetuneData(AUG_TASKS, [2], 2, seed=0, hyper_demos="sampled", definition_dropout=0.5)
+    chunk = [Sample(i, 0, 7) for i in range(4)]  # four examples of task 0 in one chunk
+    assert len({data.hyper_instruction(s) for s in chunk}) == 1
+    assert len({data.hyper_instruction(Sample(0, 0, c)) for c in range(12)}) > 1
+
+
+def test_instruction_augmentation_config_checks(tmp_path):
+    from tagi.config.schema import ConfigError
+
+    with pytest.raises(ConfigError, match="hyper_definition_dropout must be in"):
+        tiny_config(tmp_path, "finetune.hyper_definition_dropout=1.0")
+    with pytest.raises(ConfigError, match="need finetune.hyper_input=instruction"):
+        tiny_config(tmp_path, "finetune.hyper_demos=sampled", "finetune.hyper_input=empty")
+
+
+def test_instruction_augmentation_finetuning_trains(tmp_path):
+    """End to end: the augmented texts are encoded before training and the loss goes down."""
+    _, _, done = _ce_only_finetune(
+        tmp_path, 16, "finetune.hyper_demos=sampled", "finetune.hyper_definition_dropout=0.3"
+    )
+    assert done["losses"]["last"]["ce"] < done["losses"]["first"]["ce"]
+    assert done["config"]["finetune"]["hyper_demos"] == "sampled"

@@ -166,9 +166,35 @@ class FinetuneConfig:
         "the hypernetwork still reads it, so the generated adapter alone must carry the task. Drawn per "
         "example (per chunk with task_group > 1) and epoch, seeded. Needs fusion.",
     )
+    hyper_demos: Literal["first", "sampled"] = field_(
+        "first",
+        "The positive examples in the instruction the hypernetwork reads: the task's first k, as the prompt "
+        "and the evaluation show them, or k drawn from all of the task's positive examples in a random order "
+        "(per example, or per chunk with task_group > 1, and epoch; seeded): instruction augmentation. k is "
+        "the draw from student_num_pos; the prompt's instruction is unchanged.",
+    )
+    hyper_definition_dropout: float = field_(
+        0.0,
+        "Instruction augmentation: each sentence of the definition the hypernetwork reads is left out with this "
+        "probability (at least one kept; drawn like hyper_demos). The prompt's instruction is unchanged.",
+    )
     train: TrainConfig = field_(TrainConfig(max_steps=200, lr=1e-3), "Training settings.")
 
+    @property
+    def augments(self) -> bool:
+        """Whether the hypernetwork reads augmented instructions (:attr:`hyper_demos`, its dropout)."""
+        return self.hyper_demos != "first" or self.hyper_definition_dropout > 0
+
     def __post_init__(self) -> None:
+        check(
+            0.0 <= self.hyper_definition_dropout < 1.0,
+            f"finetune.hyper_definition_dropout must be in [0, 1), got {self.hyper_definition_dropout}",
+        )
+        check(
+            not self.augments or self.hyper_input == "instruction",
+            "finetune.hyper_demos / hyper_definition_dropout need finetune.hyper_input=instruction "
+            "(the hypernetwork reads no instruction otherwise)",
+        )
         check(self.task_group >= 1, f"finetune.task_group must be >= 1, got {self.task_group}")
         check(
             0.0 <= self.prompt_dropout < 1.0,

@@ -23,10 +23,12 @@ punctuation character (``string.punctuation``), exactly as Tk-Instruct does. ``n
 
 from __future__ import annotations
 
+import re
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tagi.data.sni import Task
+from tagi.data.sni import Example, Task
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,13 @@ def format_instruction(task: Task, num_pos: int = 0) -> str:
     """Definition plus the first ``num_pos`` positive examples (fewer if the task has fewer)."""
     if num_pos < 0:
         raise ValueError(f"num_pos must be non-negative (got {num_pos})")
-    parts = [_with_period("Definition: " + task.definition.strip()) + "\n\n"]
-    for i, example in enumerate(task.positive_examples[:num_pos], start=1):
+    return instruction_text(task.definition, task.positive_examples[:num_pos])
+
+
+def instruction_text(definition: str, examples: Sequence[Example]) -> str:
+    """The instruction part of the prompt from a definition and the demonstrations to show, in order."""
+    parts = [_with_period("Definition: " + definition.strip()) + "\n\n"]
+    for i, example in enumerate(examples, start=1):
         parts.append(
             f" Positive Example {i} -\n"
             + _with_period("Input: " + example.input.strip())
@@ -67,6 +74,15 @@ def format_instruction(task: Task, num_pos: int = 0) -> str:
             + "\n\n"
         )
     return "".join(parts)
+
+
+def definition_sentences(definition: str) -> list[str]:
+    """A definition cut into sentences after ``.``, ``!`` or ``?`` followed by white space (non-empty,
+    stripped); joining them with single spaces gives the definition back up to white space."""
+    return [s for s in (part.strip() for part in _SENTENCE_END.split(definition)) if s]
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 _SOURCE_HEAD, _SOURCE_TAIL = "Now complete the following example -\n", "\nOutput: "

@@ -11,6 +11,10 @@
   ``finetune.prompt_dropout = p`` is the converse: for a seeded share ``p`` of the examples the prompt's
   fused instruction is empty while the hypernetwork still reads the task's instruction, so the generated
   adapter alone must carry the task (the model cannot read it from the prompt).
+  ``finetune.hyper_demos="sampled"`` and ``finetune.hyper_definition_dropout = q`` augment what the
+  hypernetwork reads (never the prompt): its demonstrations are drawn from all the task's positive examples
+  in a random order, and each definition sentence is left out with probability ``q`` (seeded per example or
+  chunk and epoch), so one task maps many instruction texts to its adapter.
 - **Teacher**: base + the task's teacher LoRA (stage 0) with the Def+2Pos instruction in context; no
   gradient. On the fly, or from the top-k cache (:mod:`tagi.train.distill`).
 - **Mismatch** (``loss.mismatch > 0``): the same student batch runs a second time with the adapter the
@@ -48,7 +52,7 @@ import torch
 from tagi.backbones import Backbone, PromptExample
 from tagi.backbones.base import ModelBatch
 from tagi.config import ExperimentConfig, LossConfig
-from tagi.data.prompts import format_instruction, format_source
+from tagi.data.prompts import definition_sentences, format_instruction, format_source, instruction_text
 from tagi.data.select import task_examples
 from tagi.data.sni import Task
 from tagi.errors import TagiError
@@ -79,9 +83,13 @@ class FinetuneData:
         teacher_num_pos: int,
         seed: int,
         prompt_dropout: float = 0.0,
+        hyper_demos: str = "first",
+        definition_dropout: float = 0.0,
     ):
         self.tasks = list(tasks)
         self.prompt_dropout = prompt_dropout
+        self.hyper_demos = hyper_demos
+        self.definition_dropout = definition_dropout
         self.items = [(ti, ii) for ti, t in enumerate(self.tasks) for ii in range(len(t.instances))]
         self.student_num_pos = list(student_num_pos)
         self.teacher_num_pos = teacher_num_pos
@@ -128,9 +136,24 @@ class FinetuneData:
         return PromptExample("", ex.source, ex.target) if self.prompt_dropped(sample) else ex
 
     def hyper_instruction(self, sample: Sample) -> str:
-        """The instruction the hypernetwork reads for this example (never dropped)."""
+        """The instruction the hypernetwork reads for this example (never dropped; augmented with
+        ``hyper_demos="sampled"`` or ``definition_dropout > 0``, see :meth:`augmented`)."""
         ti, _ = self.items[sample.index]
-        return self._instr[(ti, self.num_pos(sample))]
+        if self.hyper_demos == "first" and self.definition_dropout == 0:
+            return self._instr[(ti, self.num_pos(sample))]
+        return self.augmented(self.tasks[ti], self.num_pos(sample), self._rng("augment", sample))
+
+    def augmented(self, task: Task, num_pos: int, rng: random.Random) -> str:
+        """``task``'s instruction with each definition sentence left out with probability
+        ``definition_dropout`` (at least one kept) and ``num_pos`` demonstrations: its first, or (``"sampled"``)
+        drawn without replacement from all its positive examples, in the drawn order."""
+        definition, sentences = task.definition, definition_sentences(task.definition)
+        if self.definition_dropout > 0 and len(sentences) > 1:
+            kept = [s for s in sentences if rng.random() >= self.definition_dropout]
+            definition = " ".join(kept or [rng.choice(sentences)])
+        pos = task.positive_examples
+        demos = rng.sample(pos, min(num_pos, len(pos))) if self.hyper_demos == "sampled" else pos[:num_pos]
+        return instruction_text(definition, demos)
 
     def other_instruction(self, sample: Sample) -> str:
         """Another task's instruction (seeded draw; same number of positive examples) for the mismatch term."""

@@ -121,7 +121,10 @@ def finetune_stream(
     ``finetune.task_group`` examples of one task; 1 = tasks mixed freely) and every sample the whole run
     draws (all steps, all ranks)."""
     ft = cfg.finetune
-    data = FinetuneData(tasks, ft.student_num_pos, teacher_num_pos, cfg.seed, ft.prompt_dropout)
+    data = FinetuneData(
+        tasks, ft.student_num_pos, teacher_num_pos, cfg.seed, ft.prompt_dropout,
+        ft.hyper_demos, ft.hyper_definition_dropout,
+    )  # fmt: skip
     lengths = student_lengths(backbone, data, ft.fusion)
     sampler = step_sampler(lengths, ft.train, cfg.seed, world_size, data.task_ids(), ft.task_group)
     return data, sampler, sampler.samples_until(ft.train.max_steps)
