@@ -348,6 +348,9 @@ TABLES |= {
     "lever (CE only, 384 steps, task_group 4, held-out categories)": Table(
         ("benchmarks/results/specificity_levers_category_384steps.json",), lever_rows
     ),
+    "lever (CE only, 128 steps, task_group 4, held-out categories, instruction augmentation)": Table(
+        ("benchmarks/results/specificity_levers_augment.json",), lever_rows
+    ),
 }
 SEED_RUNS = {  # row label -> the levers run (base and no-hypernet) it reads
     "52 (232 tasks), seed 0": "benchmarks/results/specificity_levers_category.json",
@@ -376,6 +379,20 @@ def seed_rows(srcs: list[dict]) -> dict:
 TABLES["training categories, seed (CE only, 128 steps, task_group 4, held-out categories)"] = Table(
     tuple(SEED_RUNS.values()), seed_rows
 )
+P3 = "benchmarks/results/sni-smollm2-p3/results.json"
+P3_DATASETS = ("ANLI R1", "CB", "RTE", "WSC", "WinoGrande", "COPA")
+
+
+def p3_rows(srcs: list[dict]) -> dict:
+    """Rank-classification accuracy (%) per P3 dataset at Def, then their average."""
+    rows = {}
+    for method, by_setting in srcs[0]["p3_heldout"].items():
+        r = by_setting["Def"]
+        rows[method] = [None, *([r["datasets"][d]] for d in P3_DATASETS), [r["average"]]]
+    return rows
+
+
+TABLES["rank-classification accuracy, Def (category-split training)"] = Table((P3,), p3_rows)
 UNCHECKED = {"module"}  # tables without results (the design table)
 
 
