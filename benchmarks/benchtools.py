@@ -47,8 +47,9 @@ def provenance(script: str, argv: Sequence[str] | None, threads: int, load_start
     import transformers
 
     import tagi
-    from tagi.files import cpu_model
+    from tagi.files import package_versions
 
+    cpu = {k: v for k, v in package_versions(()).items() if k.startswith("cpu")}
     return {
         "command": " ".join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)]),
         "machine": {
@@ -57,8 +58,7 @@ def provenance(script: str, argv: Sequence[str] | None, threads: int, load_start
             "load_start": load_start,
             "load_end": os.getloadavg()[0],
             "platform": platform.platform(),
-            "cpu": cpu_model(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            **cpu,
         },  # fmt: skip
         "versions": {
             "tagi": tagi.__version__,

@@ -36,10 +36,11 @@ def load_tasks(cfg: DataConfig, split: str) -> list[Task]:
 
 def _named(tasks: list[Task], names: Sequence[str]) -> list[Task]:
     """The tasks named in ``names`` (``data.test_tasks``), in name order; a name not among ``tasks`` is an error."""
-    unknown = sorted(set(names) - {t.name for t in tasks})
+    wanted = set(names)
+    unknown = sorted(wanted - {t.name for t in tasks})
     if unknown:
         raise DataError(f"data.test_tasks names tasks that are not in the test split: {', '.join(unknown)}")
-    return [t for t in tasks if t.name in set(names)]
+    return [t for t in tasks if t.name in wanted]
 
 
 def split_validation(

@@ -90,6 +90,7 @@ class FinetuneData:
         self.prompt_dropout = prompt_dropout
         self.hyper_demos = hyper_demos
         self.definition_dropout = definition_dropout
+        self.augments = hyper_demos != "first" or definition_dropout > 0
         self.items = [(ti, ii) for ti, t in enumerate(self.tasks) for ii in range(len(t.instances))]
         self.student_num_pos = list(student_num_pos)
         self.teacher_num_pos = teacher_num_pos
@@ -139,7 +140,7 @@ class FinetuneData:
         """The instruction the hypernetwork reads for this example (never dropped; augmented with
         ``hyper_demos="sampled"`` or ``definition_dropout > 0``, see :meth:`augmented`)."""
         ti, _ = self.items[sample.index]
-        if self.hyper_demos == "first" and self.definition_dropout == 0:
+        if not self.augments:
             return self._instr[(ti, self.num_pos(sample))]
         return self.augmented(self.tasks[ti], self.num_pos(sample), self._rng("augment", sample))
 
